@@ -1,0 +1,1 @@
+"""flamingo_jax: OpenFlamingo in JAX/Flax."""

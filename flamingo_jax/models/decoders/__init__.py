@@ -1,0 +1,1 @@
+"""Decoder-only LMs (MPT, GPT-NeoX, OPT) as one parameterised stack; see `lm.py`."""

@@ -1,0 +1,97 @@
+"""One decoder layer, parameterised to cover MPT, MosaicGPT (MPT-1B), GPT-NeoX and OPT.
+
+Differences between the families are flags of the LM config: the position scheme, biases,
+QK LayerNorm, parallel residual, and pre- vs post-LayerNorm (OPT-350m).
+
+Legend: B batch, L length, K keys, D hidden, H heads, d head dim.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax.models import layers
+from flamingo_jax.models.decoders import positions as pos
+from flamingo_jax.models.layers import FROZEN, Dense, LayerNorm
+
+POSITION_SCHEME = {"mpt": "alibi", "gpt_neox": "rotary", "opt": "learned"}
+
+
+def position_scheme(family: str) -> str:
+  """The position scheme of an LM family."""
+  if family not in POSITION_SCHEME:
+    raise ValueError(f"Unknown LM family {family!r}; supported: {sorted(POSITION_SCHEME)}")
+  return POSITION_SCHEME[family]
+
+
+class SelfAttention(nn.Module):
+  """Causal self-attention with a fused (D, 3, H, d) projection."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+    c = self.cfg
+    b, length, dim = x.shape
+    heads, d = c.num_heads, dim // c.num_heads
+    kw = dict(collection=FROZEN, dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = Dense((3, heads, d), ("embed",), (None, "heads", "kv"), use_bias=c.use_bias, name="qkv",
+                **kw)(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if c.qk_layer_norm:  # MosaicGPT normalises q and k over the whole d_model.
+      norm = lambda name, t: LayerNorm(c.ln_eps, use_bias=c.norm_bias, name=name, **kw)(
+          t.reshape(b, length, dim)).reshape(b, length, heads, d)
+      q, k = norm("q_norm", q), norm("k_norm", k)
+    bias = None
+    scheme = position_scheme(c.family)
+    if scheme == "rotary":
+      cos, sin = pos.rotary_cos_sin(positions, int(d * c.rotary_pct), c.rotary_base)
+      q, k = pos.apply_rotary(q, cos, sin), pos.apply_rotary(k, cos, sin)
+    elif scheme == "alibi":
+      bias = pos.alibi_bias(heads, k.shape[1], c.alibi_bias_max)
+    out = layers.attention(q, k, v, allowed=allowed, bias=bias)
+    out = layers.constrain(out, ("batch", "length", "act_heads", "kv"))
+    return Dense(dim, ("heads", "kv"), ("embed",), use_bias=c.use_bias, name="out", **kw)(out)
+
+
+class Mlp(nn.Module):
+  """up -> activation -> down."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.cfg
+    kw = dict(collection=FROZEN, use_bias=c.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    h = Dense(c.mlp_hidden_size, ("embed",), ("mlp",), name="up", **kw)(x)
+    h = layers.constrain(layers.activation(c.activation)(h), ("batch", "length", "act_mlp"))
+    return Dense(x.shape[-1], ("mlp",), ("embed",), name="down", **kw)(h)
+
+
+class DecoderBlock(nn.Module):
+  """Pre-LN (sequential or parallel residual) or OPT's post-LN decoder layer."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm_1 = LayerNorm(c.ln_eps, use_bias=c.norm_bias, collection=FROZEN, name="norm_1", **kw)
+    norm_2 = LayerNorm(c.ln_eps, use_bias=c.norm_bias, collection=FROZEN, name="norm_2", **kw)
+    attn = SelfAttention(c, name="attn", **kw)
+    mlp = Mlp(c, name="mlp", **kw)
+    if not c.do_layer_norm_before:  # OPT-350m
+      x = norm_1(x + attn(x, allowed, positions))
+      x = norm_2(x + mlp(x))
+    elif c.parallel_residual:
+      x = x + attn(norm_1(x), allowed, positions) + mlp(norm_2(x))
+    else:
+      x = x + attn(norm_1(x), allowed, positions)
+      x = x + mlp(norm_2(x))
+    return layers.constrain(x, ("batch", "length", "act_embed"))

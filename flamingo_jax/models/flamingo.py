@@ -1,0 +1,97 @@
+"""The Flamingo model: composition only.
+
+Images are encoded once (frozen ViT -> trainable resampler); the frozen LM then runs layer by
+layer with a trainable gated cross-attention block before every Nth layer.
+
+Variables: {"params": trainable, "frozen": frozen}. Trainable: `perceiver`, `xattn_{i}` and, in
+the variants that train them, `special_embeddings` (the `<|endofchunk|>` and `<image>` rows that
+replace those rows of the frozen table, for the input and for a tied output projection).
+Frozen: `vision`, `lm`.
+
+Legend: B batch, T images, F frames, S image size, L text length, N latents.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax.models import layers
+from flamingo_jax.models.decoders import positions as pos
+from flamingo_jax.models.decoders.lm import DecoderLM
+from flamingo_jax.models.perceiver import PerceiverResampler
+from flamingo_jax.models.vision import VisionTransformer
+from flamingo_jax.models.xattn import GatedCrossAttentionBlock, has_xattn, media_text_time
+
+
+class Flamingo(nn.Module):
+  """OpenFlamingo: `(vision_x, input_ids, attention_mask) -> logits`."""
+  cfg: ml_collections.ConfigDict
+
+  def setup(self):
+    c = self.cfg
+    dtype, param_dtype, frozen_dtype = (jnp.dtype(c.dtype), jnp.dtype(c.param_dtype),
+                                        jnp.dtype(c.frozen_dtype))
+    self.vision = VisionTransformer(c.vision, c.remat_policy, dtype, frozen_dtype)
+    self.perceiver = PerceiverResampler(c.perceiver, c.remat_policy, dtype, param_dtype)
+    self.lm = DecoderLM(c.lm, c.remat_policy, dtype, frozen_dtype)
+    block_cls = layers.remat(GatedCrossAttentionBlock, c.remat_policy)
+    self.xattn = {i: block_cls(c.xattn, dtype, param_dtype, name=f"xattn_{i}")
+                  for i in range(c.lm.num_layers) if has_xattn(i, c.xattn.every_n_layers)}
+    if c.train_special_embeddings:
+      self.special_embeddings = layers.make_param(
+          self, layers.TRAINABLE, "special_embeddings", nn.initializers.normal(0.02),
+          (2, self.lm.embed_dim), param_dtype, (None, "embed"))
+
+  @property
+  def special_token_ids(self) -> tuple[int, int]:
+    """Ids whose embedding rows are trainable, in the row order of `special_embeddings`."""
+    return (self.cfg.eoc_token_id, self.cfg.media_token_id)
+
+  def encode_images(self, vision_x: jax.Array) -> jax.Array:
+    """(B, T, F, S, S, 3) normalised images -> (B, T, N, D_vision) resampled latents."""
+    if vision_x.ndim != 6:
+      raise ValueError(f"vision_x must be (batch, images, frames, height, width, 3), got {vision_x.shape}")
+    b, t, f = vision_x.shape[:3]
+    tokens = self.vision(vision_x.reshape(b * t * f, *vision_x.shape[3:]))
+    tokens = jax.lax.stop_gradient(tokens)  # frozen tower: nothing upstream needs its gradient
+    return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]))
+
+  def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+    """Token embeddings with the trainable special rows swapped in."""
+    h = self.lm.embed_tokens(input_ids)
+    if self.cfg.train_special_embeddings:
+      rows = self.special_embeddings.astype(h.dtype)
+      for row, token_id in enumerate(self.special_token_ids):
+        h = jnp.where((input_ids == token_id)[..., None], rows[row], h)
+    return h
+
+  def output_logits(self, h: jax.Array) -> jax.Array:
+    """Final norm and output head; a tied head uses the trainable special rows too."""
+    h = self.lm.final_hidden(h)
+    logits = self.lm.logits(h)
+    if self.cfg.train_special_embeddings and self.cfg.lm.tie_embeddings:
+      special = jnp.einsum("...e,se->...s", h, self.special_embeddings.astype(h.dtype))
+      logits = logits.at[..., jnp.array(self.special_token_ids)].set(special.astype(logits.dtype))
+    return logits
+
+  def decode(self, media: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
+             positions: jax.Array | None = None, text_time: jax.Array | None = None) -> jax.Array:
+    """Runs the LM with gated cross-attention to `media` (B, T, N, D_vision); returns logits."""
+    if positions is None:
+      positions = self.lm.default_positions(attention_mask)
+    if text_time is None:
+      text_time = media_text_time(input_ids, self.cfg.media_token_id)
+    h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
+    allowed = pos.causal_allowed(attention_mask)
+    for i in range(self.cfg.lm.num_layers):
+      if i in self.xattn:
+        h = self.xattn[i](h, media, text_time)
+      h = self.lm.layer(i, h, allowed, positions)
+    return self.output_logits(h)
+
+  def __call__(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
+    """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits."""
+    return self.decode(self.encode_images(vision_x), input_ids, attention_mask, positions)

@@ -1,0 +1,96 @@
+"""OpenFlamingo's Perceiver resampler: a fixed number of latents per image, attending to the image's
+tokens and to themselves.
+
+Legend: B batch, T images (media) per sample, F frames, V tokens per frame, N latents,
+D vision width, H heads, d head dim.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax.models import layers
+from flamingo_jax.models.layers import Dense, LayerNorm
+
+
+class FeedForward(nn.Module):
+  """LayerNorm -> Linear(mult*D, no bias) -> exact GELU -> Linear(D, no bias)."""
+  mult: int = 4
+  embed_axis: str = "embed"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = LayerNorm(name="norm", **kw)(x)
+    h = Dense(dim * self.mult, (self.embed_axis,), ("mlp",), name="fc1", **kw)(h)
+    h = jax.nn.gelu(h, approximate=False)
+    return Dense(dim, ("mlp",), (self.embed_axis,), name="fc2", **kw)(h)
+
+
+class PerceiverAttention(nn.Module):
+  """Latents attend to [media tokens; latents], both layer-normed; no mask."""
+  heads: int
+  dim_head: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, media, latents):
+    # media: (B, T, M, D); latents: (B, T, N, D)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dim = latents.shape[-1]
+    media = LayerNorm(name="norm_media", **kw)(media)
+    latents = LayerNorm(name="norm_latents", **kw)(latents)
+    q = Dense((self.heads, self.dim_head), ("vision_embed",), ("heads", "kv"), name="to_q", **kw)(latents)
+    kv_in = jnp.concatenate([media, latents], axis=-2)
+    kv = Dense((2, self.heads, self.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
+               **kw)(kv_in)
+    b, t = q.shape[:2]
+    merge = lambda a: a.reshape(b * t, *a.shape[2:])
+    out = layers.attention(merge(q), merge(kv[..., 0, :, :]), merge(kv[..., 1, :, :]))
+    out = out.reshape(b, t, *out.shape[1:])
+    return Dense(dim, ("heads", "kv"), ("vision_embed",), name="to_out", **kw)(out)
+
+
+class PerceiverResampler(nn.Module):
+  """(B, T, F, V, D) vision tokens -> (B, T, N, D) latents, each image resampled on its own."""
+  cfg: ml_collections.ConfigDict
+  remat_policy: str = "none"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.cfg
+    b, t, f, v, dim = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x.astype(self.dtype)
+    if c.max_num_frames is not None:
+      frame_embs = layers.make_param(self, layers.TRAINABLE, "frame_embs", nn.initializers.normal(1.0),
+                                     (c.max_num_frames, dim), self.param_dtype, (None, "vision_embed"))
+      if f > c.max_num_frames:
+        raise ValueError(f"{f} frames exceed perceiver.max_num_frames={c.max_num_frames}")
+      x = x + frame_embs[:f].astype(self.dtype)[None, None, :, None, :]
+    x = x.reshape(b, t, f * v, dim)
+    if c.max_num_media is not None:
+      media_time_embs = layers.make_param(self, layers.TRAINABLE, "media_time_embs",
+                                          nn.initializers.normal(1.0), (c.max_num_media, 1, dim),
+                                          self.param_dtype, (None, None, "vision_embed"))
+      if t > c.max_num_media:
+        raise ValueError(f"{t} images exceed perceiver.max_num_media={c.max_num_media}")
+      x = x + media_time_embs[:t].astype(self.dtype)[None]
+    latents = layers.make_param(self, layers.TRAINABLE, "latents", nn.initializers.normal(1.0),
+                                (c.num_latents, dim), self.param_dtype, ("latents", "vision_embed"))
+    latents = jnp.broadcast_to(latents.astype(self.dtype), (b, t, c.num_latents, dim))
+    attn_cls = layers.remat(PerceiverAttention, self.remat_policy)
+    ff_cls = layers.remat(FeedForward, self.remat_policy)
+    for i in range(c.depth):
+      latents = latents + attn_cls(c.heads, c.dim_head, name=f"layers_{i}_attn", **kw)(x, latents)
+      latents = latents + ff_cls(c.ff_mult, "vision_embed", name=f"layers_{i}_ff", **kw)(latents)
+    latents = LayerNorm(name="norm", **kw)(latents)
+    return layers.constrain(latents, ("batch", "media", "latents", "act_embed"))

@@ -1,0 +1,83 @@
+"""Masked cross-attention from text to images and the tanh-gated block (GATED XATTN-DENSE).
+
+A text token attends only to the latest image before it. `media_text_time` gives each token that
+image's 1-based index (0 before any image); the full forward and the cached decode step both feed
+the block such an index, so the rule lives in one place.
+
+Legend: B batch, L text length, T images, N latents per image, D text width, E vision width,
+H heads, d head dim.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax.models import layers
+from flamingo_jax.models.layers import Dense, LayerNorm
+from flamingo_jax.models.perceiver import FeedForward
+
+
+def media_text_time(input_ids: jax.Array, media_token_id: int) -> jax.Array:
+  """(B, L) int32: how many `<image>` tokens occur at or before each position."""
+  return jnp.cumsum(input_ids == media_token_id, axis=-1, dtype=jnp.int32)
+
+
+def allowed_media(text_time: jax.Array, num_media: int, num_latents: int,
+                  only_immediate: bool = True) -> jax.Array:
+  """(B, 1, L, T*N) bool: which image latents each text token may attend to."""
+  media_time = jnp.repeat(jnp.arange(1, num_media + 1, dtype=jnp.int32), num_latents)
+  tt = text_time[:, None, :, None]
+  return (tt == media_time) if only_immediate else (tt >= media_time)
+
+
+class MaskedCrossAttention(nn.Module):
+  """Text queries (layer-normed) against the resampled image latents (already normed)."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+    c = self.cfg
+    b, t, n, _ = media.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = Dense((c.heads, c.dim_head), ("embed",), ("heads", "kv"), name="to_q",
+              **kw)(LayerNorm(name="norm", **kw)(x))
+    kv = Dense((2, c.heads, c.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
+               **kw)(media.reshape(b, t * n, -1))
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * c.dim_head ** -0.5
+    scores = layers.masked_fill_min(
+        scores, allowed_media(text_time, t, n, c.only_attend_immediate_media))
+    weights = jax.nn.softmax(scores, axis=-1)
+    if c.only_attend_immediate_media:
+      # Text before the first image gets no visual input at all (not renormalised).
+      weights = jnp.where((text_time == 0)[:, None, :, None], 0.0, weights)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+    return Dense(x.shape[-1], ("heads", "kv"), ("embed",), name="to_out", **kw)(out)
+
+
+class GatedCrossAttentionBlock(nn.Module):
+  """x + tanh(attn_gate) * xattn(x); then x + tanh(ff_gate) * ff(x). Gates start at 0."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    attn_gate = layers.make_param(self, layers.TRAINABLE, "attn_gate", nn.initializers.zeros, (1,),
+                                  self.param_dtype, (None,))
+    ff_gate = layers.make_param(self, layers.TRAINABLE, "ff_gate", nn.initializers.zeros, (1,),
+                                self.param_dtype, (None,))
+    x = x + MaskedCrossAttention(self.cfg, name="attn", **kw)(x, media, text_time) * jnp.tanh(
+        attn_gate.astype(self.dtype))
+    x = x + FeedForward(self.cfg.ff_mult, name="ff", **kw)(x) * jnp.tanh(ff_gate.astype(self.dtype))
+    return layers.constrain(x, ("batch", "length", "act_embed"))
+
+
+def has_xattn(layer_idx: int, every_n_layers: int) -> bool:
+  """Whether a gated block sits before decoder layer `layer_idx` (the reference's placement)."""
+  return (layer_idx + 1) % every_n_layers == 0

@@ -1,0 +1,1 @@
+"""Weight name maps, readers and writers between PyTorch checkpoints and Flax variables."""
