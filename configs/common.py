@@ -147,13 +147,15 @@ SHARDING_RULES = (
 )
 
 
-def base_config(backend: str = "cpu") -> ml_collections.ConfigDict:
-  """Everything but the model: mesh, sharding rules, backend, seed."""
+def base_config(backend: str = "cpu", tiny: bool = False) -> ml_collections.ConfigDict:
+  """Everything but the model: mesh, sharding rules, backend, seed, training fields."""
+  from configs import train_common  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.backend = backend
   c.seed = 42
   c.mesh = mesh_config()
   c.sharding_rules = SHARDING_RULES
+  c.update(train_common.train_config(tiny))
   return c
 
 

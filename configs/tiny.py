@@ -10,7 +10,7 @@ from configs import common
 
 def get_config(arg: str | None = None):
   a = common.parse_arg(arg, backend="cpu", family="mpt")
-  c = common.base_config(a.backend)
+  c = common.base_config(a.backend, tiny=True)
   lm = common.lm_config(a.family, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                         mlp_hidden_size=256, max_positions=256, qk_layer_norm=True,
                         tie_embeddings=a.family != "gpt_neox", use_bias=a.family != "mpt", norm_bias=a.family != "mpt",

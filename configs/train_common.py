@@ -1,0 +1,20 @@
+"""Training, optimiser, checkpoint and logging fields (see flamingo_jax/train/)."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
+  """Defaults follow OpenFlamingo's released recipe; `tiny` shrinks them for a CPU run."""
+  c = ml_collections.ConfigDict()
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=1875, schedule="constant", total_steps=0,
+      weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
+      loss_multiplier_mmc4=1.0, loss_multiplier_laion=0.2))
+  c.train = ml_collections.ConfigDict(dict(num_steps=100_000, log_every=100))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
+  if tiny:
+    c.optim.update(learning_rate=1e-3, warmup_steps=20)
+    c.train.update(num_steps=300, log_every=10)
+    c.checkpoint.update(every_steps=100)
+  return c
