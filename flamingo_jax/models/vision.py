@@ -60,7 +60,7 @@ class VisionTransformer(nn.Module):
     kw = dict(collection=FROZEN, dtype=self.dtype, param_dtype=self.param_dtype)
     # A stride-p conv without bias is a Dense over each (p, p, 3) patch.
     patches = images.reshape(n, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, p, p, 3)
-    x = Dense(c.width, ("patch", "patch", None), ("vision_embed",), name="conv1", **kw)(patches)
+    x = Dense(c.width, (None, None, None), ("vision_embed",), name="conv1", **kw)(patches)
     cls = layers.make_param(self, FROZEN, "class_embedding", nn.initializers.normal(0.02),
                             (c.width,), self.param_dtype, ("vision_embed",))
     pos = layers.make_param(self, FROZEN, "positional_embedding", nn.initializers.normal(0.01),

@@ -265,10 +265,13 @@ def hf_lm_key(flamingo_key: str, family: str) -> str:
   return key.replace(".decoder_layer.", ".", 1) if key.startswith(DECODER_ATTR[family] + ".") else key
 
 
+def lm_entries_in_flamingo_namespace(lm: ml_collections.ConfigDict) -> list[Entry]:
+  """`lm_entries`, keyed as inside OpenFlamingo's model (`lang_encoder.*`)."""
+  return [dataclasses.replace(e, torch_keys=tuple(flamingo_lm_key(k, lm.family) for k in e.torch_keys))
+          for e in lm_entries(lm)]
+
+
 def flamingo_entries(model: ml_collections.ConfigDict) -> list[Entry]:
   """Every Flax variable of the model except `special_embeddings`, keyed in OpenFlamingo's namespace."""
-  lm = [dataclasses.replace(e, torch_keys=tuple(flamingo_lm_key(k, model.lm.family)
-                                                 for k in e.torch_keys))
-        for e in lm_entries(model.lm)]
   return [*vision_entries(model.vision), *perceiver_entries(model.perceiver),
-          *xattn_entries(model), *lm]
+          *xattn_entries(model), *lm_entries_in_flamingo_namespace(model.lm)]
