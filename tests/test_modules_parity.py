@@ -65,7 +65,7 @@ def test_gated_cross_attention_block(mpt_pair, text_time_case):
                    media_locations=torch.from_numpy(locations)).numpy()
   text_time = jnp.cumsum(jnp.asarray(locations), axis=-1)
   ours = model.apply(variables, jnp.asarray(x), jnp.asarray(media), text_time,
-                     method=lambda m, *a: m.xattn[1](*a))
+                     method=lambda m, x, media, tt: m.xattn[1](x, m.xattn[1].media_kv(media), tt))
   assert _max_diff(ours, theirs) < TOL
 
 

@@ -37,7 +37,7 @@ class Flamingo(nn.Module):
     self.perceiver = PerceiverResampler(c.perceiver, c.remat_policy, dtype, param_dtype)
     self.lm = DecoderLM(c.lm, c.remat_policy, dtype, frozen_dtype)
     block_cls = layers.remat(GatedCrossAttentionBlock, c.remat_policy)
-    self.xattn = {i: block_cls(c.xattn, dtype, param_dtype, name=f"xattn_{i}")
+    self.xattn = {i: block_cls(c.xattn, c.lm.hidden_size, dtype, param_dtype, name=f"xattn_{i}")
                   for i in range(c.lm.num_layers) if has_xattn(i, c.xattn.every_n_layers)}
     if c.train_special_embeddings:
       self.special_embeddings = layers.make_param(
@@ -76,6 +76,20 @@ class Flamingo(nn.Module):
       logits = logits.at[..., jnp.array(self.special_token_ids)].set(special.astype(logits.dtype))
     return logits
 
+  def media_kv(self, media: jax.Array) -> dict[int, dict]:
+    """Each gated block's keys and values of the image latents (computed once per prompt)."""
+    return {i: block.media_kv(media) for i, block in self.xattn.items()}
+
+  def _run_layers(self, h, media_kv, text_time, allowed, positions, caches=None, cache_index=None):
+    new_caches = []
+    for i in range(self.cfg.lm.num_layers):
+      if i in self.xattn:
+        h = self.xattn[i](h, media_kv[i], text_time)
+      h, cache = self.lm.layer(i, h, allowed, positions,
+                               None if caches is None else caches[i], cache_index)
+      new_caches.append(cache)
+    return h, new_caches
+
   def decode(self, media: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
              positions: jax.Array | None = None, text_time: jax.Array | None = None) -> jax.Array:
     """Runs the LM with gated cross-attention to `media` (B, T, N, D_vision); returns logits."""
@@ -84,14 +98,54 @@ class Flamingo(nn.Module):
     if text_time is None:
       text_time = media_text_time(input_ids, self.cfg.media_token_id)
     h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
-    allowed = pos.causal_allowed(attention_mask)
-    for i in range(self.cfg.lm.num_layers):
-      if i in self.xattn:
-        h = self.xattn[i](h, media, text_time)
-      h = self.lm.layer(i, h, allowed, positions)
+    h, _ = self._run_layers(h, self.media_kv(media), text_time, pos.causal_allowed(attention_mask),
+                            positions)
     return self.output_logits(h)
 
   def __call__(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
                positions: jax.Array | None = None) -> jax.Array:
     """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits."""
     return self.decode(self.encode_images(vision_x), input_ids, attention_mask, positions)
+
+  # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
+
+  def prefill(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
+              max_length: int) -> tuple[jax.Array, dict]:
+    """Encodes the images, runs the (left-padded) prompt and returns the last position's logits
+    (B, V) and a decode state holding every layer's KV cache of `max_length` slots."""
+    b, length = input_ids.shape
+    if length > max_length:
+      raise ValueError(f"Prompt of {length} tokens exceeds max_length={max_length}")
+    lm = self.cfg.lm
+    heads = lm.num_heads
+    zeros = jnp.zeros((b, max_length, heads, lm.hidden_size // heads), jnp.dtype(self.cfg.dtype))
+    caches = [{"k": zeros, "v": zeros} for _ in range(lm.num_layers)]
+    key_valid = jnp.zeros((b, max_length), bool).at[:, :length].set(attention_mask.astype(bool))
+    positions = pos.generation_positions(attention_mask)
+    text_time = media_text_time(input_ids, self.cfg.media_token_id)
+    media_kv = self.media_kv(self.encode_images(vision_x))
+    slots = jnp.arange(max_length)
+    allowed = (slots[None, :] <= jnp.arange(length)[:, None])[None, None] & key_valid[:, None, None, :]
+    h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
+    h, caches = self._run_layers(h, media_kv, text_time, allowed, positions, caches, 0)
+    state = {"caches": caches, "media_kv": media_kv, "key_valid": key_valid,
+             "index": jnp.asarray(length, jnp.int32),
+             # New tokens attend to the prompt's last image (the reference's cached path).
+             "text_time": text_time[:, -1], "next_position": positions[:, -1] + 1}
+    return self.output_logits(h[:, -1:])[:, 0], state
+
+  def extend(self, token_ids: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+    """Feeds one new token per row (B,) at slot `state['index']`; returns (B, V) logits and the
+    updated state."""
+    index = state["index"]
+    b, max_length = state["key_valid"].shape
+    key_valid = jax.lax.dynamic_update_slice(state["key_valid"], jnp.ones((b, 1), bool), (0, index))
+    allowed = (jnp.arange(max_length) <= index)[None, None, None, :] & key_valid[:, None, None, :]
+    positions = state["next_position"][:, None]
+    ids = token_ids[:, None]
+    h = self.lm.input_hidden(self.embed_tokens(ids), positions)
+    h, caches = self._run_layers(h, state["media_kv"], state["text_time"][:, None], allowed,
+                                 positions, state["caches"], index)
+    state = dict(state, caches=caches, key_valid=key_valid, index=index + 1,
+                 next_position=state["next_position"] + 1)
+    return self.output_logits(h)[:, 0], state

@@ -2,7 +2,8 @@
 
 A text token attends only to the latest image before it. `media_text_time` gives each token that
 image's 1-based index (0 before any image); the full forward and the cached decode step both feed
-the block such an index, so the rule lives in one place.
+the block such an index, so the rule lives in one place. The images' keys and values
+(`media_kv`) are computed once per prompt and reused at every decode step.
 
 Legend: B batch, L text length, T images, N latents per image, D text width, E vision width,
 H heads, d head dim.
@@ -17,7 +18,6 @@ import ml_collections
 from flamingo_jax.models import layers
 from flamingo_jax.models.layers import Dense, LayerNorm
 from flamingo_jax.models.perceiver import FeedForward
-
 
 def media_text_time(input_ids: jax.Array, media_token_id: int) -> jax.Array:
   """(B, L) int32: how many `<image>` tokens occur at or before each position."""
@@ -35,46 +35,63 @@ def allowed_media(text_time: jax.Array, num_media: int, num_latents: int,
 class MaskedCrossAttention(nn.Module):
   """Text queries (layer-normed) against the resampled image latents (already normed)."""
   cfg: ml_collections.ConfigDict
+  out_features: int = 0  # the text width D
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+  def setup(self):
     c = self.cfg
-    b, t, n, _ = media.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q = Dense((c.heads, c.dim_head), ("embed",), ("heads", "kv"), name="to_q",
-              **kw)(LayerNorm(name="norm", **kw)(x))
-    kv = Dense((2, c.heads, c.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
-               **kw)(media.reshape(b, t * n, -1))
-    k, v = kv[:, :, 0], kv[:, :, 1]
+    self.norm = LayerNorm(**kw)
+    self.to_q = Dense((c.heads, c.dim_head), ("embed",), ("heads", "kv"), **kw)
+    self.to_kv = Dense((2, c.heads, c.dim_head), ("vision_embed",), (None, "heads", "kv"), **kw)
+    self.to_out = Dense(self.out_features, ("heads", "kv"), ("embed",), **kw)
+
+  def media_kv(self, media: jax.Array) -> dict:
+    """(B, T, N, E) latents -> their keys and values, each (B, T, N, H, d)."""
+    kv = self.to_kv(media)
+    return {"k": kv[..., 0, :, :], "v": kv[..., 1, :, :]}
+
+  def __call__(self, x: jax.Array, media_kv: dict, text_time: jax.Array) -> jax.Array:
+    c = self.cfg
+    b, num_media, num_latents, h, d = media_kv["k"].shape
+    k = media_kv["k"].reshape(b, num_media * num_latents, h, d)
+    v = media_kv["v"].reshape(b, num_media * num_latents, h, d)
+    q = self.to_q(self.norm(x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * c.dim_head ** -0.5
     scores = layers.masked_fill_min(
-        scores, allowed_media(text_time, t, n, c.only_attend_immediate_media))
+        scores, allowed_media(text_time, num_media, num_latents, c.only_attend_immediate_media))
     weights = jax.nn.softmax(scores, axis=-1)
     if c.only_attend_immediate_media:
       # Text before the first image gets no visual input at all (not renormalised).
       weights = jnp.where((text_time == 0)[:, None, :, None], 0.0, weights)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
-    return Dense(x.shape[-1], ("heads", "kv"), ("embed",), name="to_out", **kw)(out)
+    return self.to_out(out)
 
 
 class GatedCrossAttentionBlock(nn.Module):
   """x + tanh(attn_gate) * xattn(x); then x + tanh(ff_gate) * ff(x). Gates start at 0."""
   cfg: ml_collections.ConfigDict
+  dim: int = 0  # the text width D
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+  def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn_gate = layers.make_param(self, layers.TRAINABLE, "attn_gate", nn.initializers.zeros, (1,),
-                                  self.param_dtype, (None,))
-    ff_gate = layers.make_param(self, layers.TRAINABLE, "ff_gate", nn.initializers.zeros, (1,),
-                                self.param_dtype, (None,))
-    x = x + MaskedCrossAttention(self.cfg, name="attn", **kw)(x, media, text_time) * jnp.tanh(
-        attn_gate.astype(self.dtype))
-    x = x + FeedForward(self.cfg.ff_mult, name="ff", **kw)(x) * jnp.tanh(ff_gate.astype(self.dtype))
+    self.attn_gate = layers.make_param(self, layers.TRAINABLE, "attn_gate", nn.initializers.zeros,
+                                       (1,), self.param_dtype, (None,))
+    self.ff_gate = layers.make_param(self, layers.TRAINABLE, "ff_gate", nn.initializers.zeros, (1,),
+                                     self.param_dtype, (None,))
+    self.attn = MaskedCrossAttention(self.cfg, self.dim, **kw)
+    self.ff = FeedForward(self.cfg.ff_mult, **kw)
+
+  def media_kv(self, media: jax.Array) -> dict:
+    """The images' keys and values for this block (cacheable across decode steps)."""
+    return self.attn.media_kv(media)
+
+  def __call__(self, x: jax.Array, media_kv: dict, text_time: jax.Array) -> jax.Array:
+    x = x + self.attn(x, media_kv, text_time) * jnp.tanh(self.attn_gate.astype(self.dtype))
+    x = x + self.ff(x) * jnp.tanh(self.ff_gate.astype(self.dtype))
     return layers.constrain(x, ("batch", "length", "act_embed"))
 
 

@@ -33,7 +33,10 @@ class SelfAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array,
+               cache: dict | None = None, cache_index: jax.Array | None = None):
+    """Returns (output, cache). With a cache (k, v of shape (B, max_len, H, d)), this call's keys
+    and values are written at `cache_index` and the queries attend over the whole cache."""
     c = self.cfg
     b, length, dim = x.shape
     heads, d = c.num_heads, dim // c.num_heads
@@ -50,11 +53,16 @@ class SelfAttention(nn.Module):
     if scheme == "rotary":
       cos, sin = pos.rotary_cos_sin(positions, int(d * c.rotary_pct), c.rotary_base)
       q, k = pos.apply_rotary(q, cos, sin), pos.apply_rotary(k, cos, sin)
-    elif scheme == "alibi":
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+      k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+    if scheme == "alibi":
       bias = pos.alibi_bias(heads, k.shape[1], c.alibi_bias_max)
     out = layers.attention(q, k, v, allowed=allowed, bias=bias)
     out = layers.constrain(out, ("batch", "length", "act_heads", "kv"))
-    return Dense(dim, ("heads", "kv"), ("embed",), use_bias=c.use_bias, name="out", **kw)(out)
+    return Dense(dim, ("heads", "kv"), ("embed",), use_bias=c.use_bias, name="out", **kw)(out), cache
 
 
 class Mlp(nn.Module):
@@ -79,19 +87,25 @@ class DecoderBlock(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array,
+               cache: dict | None = None, cache_index: jax.Array | None = None):
+    """Returns (output, updated cache or None)."""
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm_1 = LayerNorm(c.ln_eps, use_bias=c.norm_bias, collection=FROZEN, name="norm_1", **kw)
     norm_2 = LayerNorm(c.ln_eps, use_bias=c.norm_bias, collection=FROZEN, name="norm_2", **kw)
-    attn = SelfAttention(c, name="attn", **kw)
+    self_attn = SelfAttention(c, name="attn", **kw)
+    attn = lambda h: self_attn(h, allowed, positions, cache, cache_index)
     mlp = Mlp(c, name="mlp", **kw)
     if not c.do_layer_norm_before:  # OPT-350m
-      x = norm_1(x + attn(x, allowed, positions))
+      a, cache = attn(x)
+      x = norm_1(x + a)
       x = norm_2(x + mlp(x))
     elif c.parallel_residual:
-      x = x + attn(norm_1(x), allowed, positions) + mlp(norm_2(x))
+      a, cache = attn(norm_1(x))
+      x = x + a + mlp(norm_2(x))
     else:
-      x = x + attn(norm_1(x), allowed, positions)
+      a, cache = attn(norm_1(x))
+      x = x + a
       x = x + mlp(norm_2(x))
-    return layers.constrain(x, ("batch", "length", "act_embed"))
+    return layers.constrain(x, ("batch", "length", "act_embed")), cache

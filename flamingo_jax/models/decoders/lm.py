@@ -66,9 +66,10 @@ class DecoderLM(nn.Module):
       h = h + self.pos_embed(positions + OPT_POSITION_OFFSET)
     return layers.constrain(h, ("batch", "length", "act_embed"))
 
-  def layer(self, index: int, h: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
-    """Runs decoder layer `index`."""
-    return self.blocks[index](h, allowed, positions)
+  def layer(self, index: int, h: jax.Array, allowed: jax.Array, positions: jax.Array,
+            cache: dict | None = None, cache_index: jax.Array | None = None):
+    """Runs decoder layer `index`; returns (h, its updated KV cache or None)."""
+    return self.blocks[index](h, allowed, positions, cache, cache_index)
 
   def final_hidden(self, h: jax.Array) -> jax.Array:
     """Final LayerNorm (and OPT-350m's projection) before the output head."""
@@ -91,5 +92,5 @@ class DecoderLM(nn.Module):
     h = self.input_hidden(self.embed_tokens(input_ids), positions)
     allowed = pos.causal_allowed(attention_mask)
     for i in range(self.cfg.num_layers):
-      h = self.layer(i, h, allowed, positions)
+      h, _ = self.layer(i, h, allowed, positions)
     return self.logits(self.final_hidden(h))

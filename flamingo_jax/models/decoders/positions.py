@@ -46,6 +46,12 @@ def opt_positions(attention_mask: jax.Array) -> jax.Array:
   return jnp.cumsum(mask, axis=-1) * mask - 1
 
 
+def generation_positions(attention_mask: jax.Array) -> jax.Array:
+  """Positions as Hugging Face generation derives them: cumsum of the mask - 1, 0 on padding."""
+  mask = attention_mask.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
+
+
 def causal_allowed(attention_mask: jax.Array) -> jax.Array:
   """(B, 1, L, L) bool: causal, and the key is a real (non-pad) token."""
   length = attention_mask.shape[-1]
