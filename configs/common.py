@@ -114,6 +114,7 @@ def model_config(lm: ml_collections.ConfigDict, every_n_layers: int,
       param_dtype="float32",    # trainable parameters (and optimizer state)
       frozen_dtype="float32",   # frozen weights as stored and fed
       remat_policy="none",      # 'none' | 'full' | any jax.checkpoint_policies name
+      scan_layers=False,        # nn.scan over groups of every_n_layers layers (compile time)
   ))
 
 
@@ -167,6 +168,7 @@ def apply_backend(c: ml_collections.ConfigDict) -> None:
     c.model.dtype = "bfloat16"
     c.model.frozen_dtype = "bfloat16"
     c.model.remat_policy = "nothing_saveable"
+    c.model.scan_layers = True
 
 
 def released_variant(arg: str | None, *, lm: ml_collections.ConfigDict, every_n_layers: int,

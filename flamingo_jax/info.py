@@ -14,6 +14,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file.", 
 
 def parameter_counts(model_cfg) -> dict[str, int]:
   """Counts per top-level module and per collection (no allocation: `jax.eval_shape`)."""
+  # Counted in the unrolled layout (per-block names); scanning changes the layout, not the count.
+  model_cfg = model_cfg.copy_and_resolve_references()
+  with model_cfg.unlocked():
+    model_cfg.scan_layers = False
   variables = shapes.abstract_variables(model_cfg)
   counts = {}
   for collection, tree in variables.items():

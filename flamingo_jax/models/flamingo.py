@@ -20,6 +20,7 @@ import ml_collections
 from flamingo_jax.models import layers
 from flamingo_jax.models.decoders import positions as pos
 from flamingo_jax.models.decoders.lm import DecoderLM
+from flamingo_jax.models.layer_groups import scanned_groups
 from flamingo_jax.models.perceiver import PerceiverResampler
 from flamingo_jax.models.vision import VisionTransformer
 from flamingo_jax.models.xattn import GatedCrossAttentionBlock, has_xattn, media_text_time
@@ -36,9 +37,13 @@ class Flamingo(nn.Module):
     self.vision = VisionTransformer(c.vision, c.remat_policy, dtype, frozen_dtype)
     self.perceiver = PerceiverResampler(c.perceiver, c.remat_policy, dtype, param_dtype)
     self.lm = DecoderLM(c.lm, c.remat_policy, dtype, frozen_dtype)
-    block_cls = layers.remat(GatedCrossAttentionBlock, c.remat_policy)
-    self.xattn = {i: block_cls(c.xattn, c.lm.hidden_size, dtype, param_dtype, name=f"xattn_{i}")
-                  for i in range(c.lm.num_layers) if has_xattn(i, c.xattn.every_n_layers)}
+    if c.scan_layers:
+      self.layers = scanned_groups(c)
+      self.xattn = {}
+    else:
+      block_cls = layers.remat(GatedCrossAttentionBlock, c.remat_policy)
+      self.xattn = {i: block_cls(c.xattn, c.lm.hidden_size, dtype, param_dtype, name=f"xattn_{i}")
+                    for i in range(c.lm.num_layers) if has_xattn(i, c.xattn.every_n_layers)}
     if c.train_special_embeddings:
       self.special_embeddings = layers.make_param(
           self, layers.TRAINABLE, "special_embeddings", nn.initializers.normal(0.02),
@@ -76,11 +81,16 @@ class Flamingo(nn.Module):
       logits = logits.at[..., jnp.array(self.special_token_ids)].set(special.astype(logits.dtype))
     return logits
 
-  def media_kv(self, media: jax.Array) -> dict[int, dict]:
-    """Each gated block's keys and values of the image latents (computed once per prompt)."""
-    return {i: block.media_kv(media) for i, block in self.xattn.items()}
-
-  def _run_layers(self, h, media_kv, text_time, allowed, positions, caches=None, cache_index=None):
+  def _run_layers(self, h, text_time, allowed, positions, *, media=None, media_kv=None,
+                  caches=None, cache_index=None):
+    """All decoder layers with their gated blocks. Each gated block attends to `media` (B, T, N, E)
+    or to its cached `media_kv`. Returns (h, media_kv, caches) for the decode state."""
+    if self.cfg.scan_layers:
+      h, out = self.layers(h, {"media_kv": media_kv, "caches": caches}, allowed, positions,
+                           text_time, media, cache_index)
+      return h, out["media_kv"], out["caches"]
+    if media_kv is None:
+      media_kv = {i: block.media_kv(media) for i, block in self.xattn.items()}
     new_caches = []
     for i in range(self.cfg.lm.num_layers):
       if i in self.xattn:
@@ -88,7 +98,7 @@ class Flamingo(nn.Module):
       h, cache = self.lm.layer(i, h, allowed, positions,
                                None if caches is None else caches[i], cache_index)
       new_caches.append(cache)
-    return h, new_caches
+    return h, media_kv, (None if caches is None else new_caches)
 
   def decode(self, media: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
              positions: jax.Array | None = None, text_time: jax.Array | None = None) -> jax.Array:
@@ -98,8 +108,8 @@ class Flamingo(nn.Module):
     if text_time is None:
       text_time = media_text_time(input_ids, self.cfg.media_token_id)
     h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
-    h, _ = self._run_layers(h, self.media_kv(media), text_time, pos.causal_allowed(attention_mask),
-                            positions)
+    h, _, _ = self._run_layers(h, text_time, pos.causal_allowed(attention_mask), positions,
+                               media=media)
     return self.output_logits(h)
 
   def __call__(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
@@ -118,16 +128,20 @@ class Flamingo(nn.Module):
       raise ValueError(f"Prompt of {length} tokens exceeds max_length={max_length}")
     lm = self.cfg.lm
     heads = lm.num_heads
-    zeros = jnp.zeros((b, max_length, heads, lm.hidden_size // heads), jnp.dtype(self.cfg.dtype))
-    caches = [{"k": zeros, "v": zeros} for _ in range(lm.num_layers)]
+    n = self.cfg.xattn.every_n_layers
+    # Scanned caches are (B, groups, ...) per position j in a group; unrolled ones (B, ...) per layer.
+    lead = (b, lm.num_layers // n) if self.cfg.scan_layers else (b,)
+    zeros = jnp.zeros((*lead, max_length, heads, lm.hidden_size // heads), jnp.dtype(self.cfg.dtype))
+    caches = [{"k": zeros, "v": zeros} for _ in range(n if self.cfg.scan_layers else lm.num_layers)]
     key_valid = jnp.zeros((b, max_length), bool).at[:, :length].set(attention_mask.astype(bool))
     positions = pos.generation_positions(attention_mask)
     text_time = media_text_time(input_ids, self.cfg.media_token_id)
-    media_kv = self.media_kv(self.encode_images(vision_x))
     slots = jnp.arange(max_length)
     allowed = (slots[None, :] <= jnp.arange(length)[:, None])[None, None] & key_valid[:, None, None, :]
     h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
-    h, caches = self._run_layers(h, media_kv, text_time, allowed, positions, caches, 0)
+    h, media_kv, caches = self._run_layers(h, text_time, allowed, positions,
+                                           media=self.encode_images(vision_x), caches=caches,
+                                           cache_index=0)
     state = {"caches": caches, "media_kv": media_kv, "key_valid": key_valid,
              "index": jnp.asarray(length, jnp.int32),
              # New tokens attend to the prompt's last image (the reference's cached path).
@@ -144,8 +158,9 @@ class Flamingo(nn.Module):
     positions = state["next_position"][:, None]
     ids = token_ids[:, None]
     h = self.lm.input_hidden(self.embed_tokens(ids), positions)
-    h, caches = self._run_layers(h, state["media_kv"], state["text_time"][:, None], allowed,
-                                 positions, state["caches"], index)
+    h, _, caches = self._run_layers(h, state["text_time"][:, None], allowed, positions,
+                                    media_kv=state["media_kv"], caches=state["caches"],
+                                    cache_index=index)
     state = dict(state, caches=caches, key_valid=key_valid, index=index + 1,
                  next_position=state["next_position"] + 1)
     return self.output_logits(h)[:, 0], state

@@ -161,10 +161,13 @@ def attention(q: Array, k: Array, v: Array, *, allowed: Array | None = None,
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
-def remat(module_cls, policy: str):
-  """Wraps a module class in nn.remat with a policy named in the config ('none' = no remat)."""
+def remat(module_cls, policy: str, prevent_cse: bool = True):
+  """Wraps a module class in nn.remat with a policy named in the config ('none' = no remat).
+
+  Inside `nn.scan` pass prevent_cse=False: scan already keeps XLA from merging the recomputation.
+  """
   if policy == "none":
     return module_cls
   if policy == "full":
-    return nn.remat(module_cls, prevent_cse=True)
-  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=True)
+    return nn.remat(module_cls, prevent_cse=prevent_cse)
+  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=prevent_cse)

@@ -21,8 +21,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # match the rule of the collection it lives in, so a module declared in the wrong collection is
 # an error, never a silently trained (or silently frozen) weight.
 COLLECTION_RULES = {
-    "params": r"^(perceiver|xattn_\d+|special_embeddings)(/|$)",
-    "frozen": r"^(vision|lm)/",
+    "params": r"^(perceiver|xattn_\d+|special_embeddings|layers/xattn)(/|$)",
+    "frozen": r"^(vision|lm|layers/block_\d+)/",
 }
 
 

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from flamingo_jax.models import layer_groups
 from flamingo_jax.weights import names
 from flamingo_jax.weights.names import Entry
 
@@ -107,4 +108,6 @@ def flamingo_to_flax(state_dict: Mapping[str, Any], model: ml_collections.Config
   if model.train_special_embeddings and "lm" in variables.get("frozen", {}):
     table = variables["frozen"]["lm"]["embed"]["embedding"]
     variables.setdefault("params", {})["special_embeddings"] = special_rows_from_table(table, model)
+  if model.scan_layers:
+    variables = layer_groups.to_scanned(variables, model)
   return variables

@@ -1,0 +1,100 @@
+"""Scan over layer groups, for compile time on deep LMs (`model.scan_layers`).
+
+Group g holds decoder layers gN .. gN+N-1 (N = xattn.every_n_layers) and the gated block that
+sits before its last layer. `nn.scan` stacks each group's variables on a leading `layers` axis:
+  params/layers/xattn/...      (G, ...)   trainable
+  frozen/layers/block_{j}/...  (G, ...)   frozen, j < N
+The unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) is what checkpoints and name maps use;
+`to_scanned` / `to_unrolled` convert between the two exactly.
+
+KV caches and cached image keys/values travel batch-leading, (B, G, ...), scanned on axis 1, so
+that beam search can reorder every decode-state array along axis 0.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flamingo_jax.models import layers
+from flamingo_jax.models.decoders.block import DecoderBlock
+from flamingo_jax.models.xattn import GatedCrossAttentionBlock, has_xattn
+
+
+class LayerGroup(nn.Module):
+  """N decoder layers with a gated cross-attention block before the last one."""
+  cfg: ml_collections.ConfigDict  # the model config
+
+  @nn.compact
+  def __call__(self, h, scanned, allowed, positions, text_time, media, cache_index):
+    c = self.cfg
+    dtype, param_dtype, frozen_dtype = (jnp.dtype(c.dtype), jnp.dtype(c.param_dtype),
+                                        jnp.dtype(c.frozen_dtype))
+    n = c.xattn.every_n_layers
+    xattn = GatedCrossAttentionBlock(c.xattn, c.lm.hidden_size, dtype, param_dtype, name="xattn")
+    media_kv = scanned["media_kv"] if scanned["media_kv"] is not None else xattn.media_kv(media)
+    caches = scanned["caches"]
+    new_caches = []
+    for j in range(n):
+      if j == n - 1:
+        h = xattn(h, media_kv, text_time)
+      h, cache = DecoderBlock(c.lm, dtype, frozen_dtype, name=f"block_{j}")(
+          h, allowed, positions, None if caches is None else caches[j], cache_index)
+      new_caches.append(cache)
+    return h, {"media_kv": media_kv, "caches": None if caches is None else new_caches}
+
+
+def scanned_groups(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """The scanned stack of `LayerGroup`s, rematerialised by the config's policy."""
+  n = cfg.xattn.every_n_layers
+  if cfg.lm.num_layers % n:
+    raise ValueError(f"scan_layers needs lm.num_layers ({cfg.lm.num_layers}) divisible by "
+                     f"xattn.every_n_layers ({n})")
+  group = layers.remat(LayerGroup, cfg.remat_policy, prevent_cse=False)
+  return nn.scan(group, variable_axes={"params": 0, "frozen": 0}, split_rngs={"params": True},
+                 in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                 out_axes=1, length=cfg.lm.num_layers // n,
+                 metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+
+
+def _stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _unstack(tree, count):
+  return [jax.tree_util.tree_map(lambda x, g=g: np.asarray(x)[g], tree) for g in range(count)]
+
+
+def to_scanned(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Unrolled (unboxed) variables -> the scanned layout."""
+  n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
+  groups = layers_n // n
+  params, frozen = dict(variables.get("params", {})), dict(variables.get("frozen", {}))
+  lm = dict(frozen.get("lm", {}))
+  scanned_frozen = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
+                    for j in range(n)}
+  scanned_params = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
+  frozen["lm"] = lm
+  params["layers"], frozen["layers"] = scanned_params, scanned_frozen
+  return {"params": params, "frozen": frozen}
+
+
+def to_unrolled(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps."""
+  n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
+  groups = layers_n // n
+  params, frozen = dict(variables["params"]), dict(variables["frozen"])
+  scanned_params, scanned_frozen = params.pop("layers"), frozen.pop("layers")
+  lm = dict(frozen.get("lm", {}))
+  for g, block in enumerate(_unstack(scanned_params["xattn"], groups)):
+    params[f"xattn_{g * n + n - 1}"] = block
+  for j in range(n):
+    for g, block in enumerate(_unstack(scanned_frozen[f"block_{j}"], groups)):
+      lm[f"blocks_{g * n + j}"] = block
+  frozen["lm"] = lm
+  assert all(has_xattn(g * n + n - 1, n) for g in range(groups))
+  return {"params": params, "frozen": frozen}

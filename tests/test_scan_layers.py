@@ -1,0 +1,65 @@
+"""`model.scan_layers`: the scanned stack computes exactly what the unrolled one does."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flamingo_jax.models import layer_groups, rules, shapes
+from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.weights import state_dict as sd_lib
+from tests import reference_models as ref
+
+
+@pytest.fixture(scope="module", params=[1, 2])
+def setup(request):
+  every_n = request.param
+  torch_model = ref.build_reference("mpt", every_n)
+  cfg = ref.jax_config("mpt", every_n)
+  unrolled = sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), cfg)
+  scan_cfg = ref.jax_config("mpt", every_n)
+  scan_cfg.scan_layers = True
+  scanned = sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), scan_cfg)
+  return cfg, unrolled, scan_cfg, scanned
+
+
+def test_layout_round_trip_and_shapes(setup):
+  cfg, unrolled, scan_cfg, scanned = setup
+  groups = cfg.lm.num_layers // cfg.xattn.every_n_layers
+  assert scanned["params"]["layers"]["xattn"]["attn_gate"].shape == (groups, 1)
+  back = layer_groups.to_unrolled(scanned, cfg)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, unrolled)
+  abstract = nn.unbox(shapes.abstract_variables(scan_cfg))
+  jax.tree_util.tree_map(lambda a, b: (a.shape == b.shape) or pytest.fail(f"{a.shape} != {b.shape}"),
+                         abstract, scanned)
+  rules.check_collections(abstract)
+
+
+def test_forward_and_gradients_match(setup):
+  cfg, unrolled, scan_cfg, scanned = setup
+  vision, ids, mask = ref.sample_batch(np.random.default_rng(0))
+  args = tuple(map(jnp.asarray, (vision, ids, mask)))
+  a = Flamingo(cfg).apply(unrolled, *args)
+  b = Flamingo(scan_cfg).apply(scanned, *args)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+  def grads(model_cfg, variables):
+    loss = lambda p: Flamingo(model_cfg).apply({"params": p, "frozen": variables["frozen"]}, *args).mean()
+    return jax.grad(loss)(variables["params"])
+  g_scan = layer_groups.to_unrolled({"params": grads(scan_cfg, scanned), "frozen": scanned["frozen"]}, cfg)
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
+                         grads(cfg, unrolled), g_scan["params"])
+
+
+def test_cached_decoding_matches(setup):
+  cfg, unrolled, scan_cfg, scanned = setup
+  vision, ids, mask = ref.sample_batch(np.random.default_rng(1), batch=2)
+  outs = []
+  for c, v in ((cfg, unrolled), (scan_cfg, scanned)):
+    model = Flamingo(c)
+    logits, state = model.apply(v, jnp.asarray(vision), jnp.asarray(ids), jnp.asarray(mask), 20,
+                                method=Flamingo.prefill)
+    step, _ = model.apply(v, jnp.array([3, 4]), state, method=Flamingo.extend)
+    outs.append((logits, step))
+  np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5)
+  np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5)
