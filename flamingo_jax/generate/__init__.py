@@ -27,8 +27,13 @@ def _compiled(model_cfg_json: str):
   prefill = jax.jit(lambda v, x, ids, mask, max_len: model.apply(v, x, ids, mask, max_len,
                                                                    method=Flamingo.prefill),
                     static_argnums=4)
-  extend = jax.jit(lambda v, tok, state: model.apply(v, tok, state, method=Flamingo.extend))
-  return prefill, extend
+
+  def extend(v, tok, state, origin):
+    if origin is not None:  # beam search: each new beam continues the state of its origin row
+      state = jax.tree_util.tree_map(lambda x: x[origin] if x.ndim else x, state)
+    return model.apply(v, tok, state, method=Flamingo.extend)
+
+  return prefill, jax.jit(extend)
 
 
 def generate(model_cfg: ml_collections.ConfigDict, variables: Any, vision_x: np.ndarray,
@@ -60,7 +65,7 @@ def generate(model_cfg: ml_collections.ConfigDict, variables: Any, vision_x: np.
   prefill_fn, extend_fn = _compiled(model_cfg.to_json())
   variables = nn.unbox(variables)
   prefill = lambda max_len: prefill_fn(variables, vision_x, input_ids, attention_mask, max_len)
-  extend = lambda tokens, state: extend_fn(variables, tokens, state)
+  extend = lambda tokens, state, origin=None: extend_fn(variables, tokens, state, origin)
   rng = jax.random.PRNGKey(0) if rng is None else rng
   search = beam_search if num_beams > 1 else greedy_or_sample
   return search(prefill, extend, input_ids, settings, rng)

@@ -68,27 +68,28 @@ def greedy_or_sample(prefill: Callable, extend: Callable, input_ids: np.ndarray,
   logits, state = prefill(max_len)
   sequences = jnp.full((b, max_len), s.pad_token_id, jnp.int32).at[:, :prompt_len].set(input_ids)
   finished = jnp.zeros((b,), bool)
-
-  @jax.jit
-  def choose(logits, sequences, finished, cur_len, rng):
-    scores = _process(logits.astype(jnp.float32), sequences, cur_len, prompt_len, s)
-    if s.do_sample:
-      token = jax.random.categorical(rng, _warp(scores, s), axis=-1)
-    else:
-      token = jnp.argmax(scores, axis=-1)
-    token = jnp.where(finished, s.pad_token_id, token).astype(jnp.int32)
-    sequences = jax.lax.dynamic_update_slice(sequences, token[:, None], (0, cur_len))
-    return token, sequences, finished | _is_eos(token, s)
-
   length = prompt_len
   for step in range(s.max_new_tokens):
-    token, sequences, finished = choose(logits, sequences, finished, jnp.int32(length),
-                                        jax.random.fold_in(rng, step))
+    token, sequences, finished = _choose(logits, sequences, finished, jnp.int32(length),
+                                         jax.random.fold_in(rng, step), s=s, prompt_len=prompt_len)
     length += 1
     if step + 1 == s.max_new_tokens or bool(finished.all()):
       break
     logits, state = extend(token, state)
   return np.asarray(sequences[:, :length])
+
+
+@functools.partial(jax.jit, static_argnames=("s", "prompt_len"))
+def _choose(logits, sequences, finished, cur_len, rng, *, s: DecodeSettings, prompt_len: int):
+  """One greedy/sampling step: process scores, pick tokens, append them, track EOS."""
+  scores = _process(logits.astype(jnp.float32), sequences, cur_len, prompt_len, s)
+  if s.do_sample:
+    token = jax.random.categorical(rng, _warp(scores, s), axis=-1)
+  else:
+    token = jnp.argmax(scores, axis=-1)
+  token = jnp.where(finished, s.pad_token_id, token).astype(jnp.int32)
+  sequences = jax.lax.dynamic_update_slice(sequences, token[:, None], (0, cur_len))
+  return token, sequences, finished | _is_eos(token, s)
 
 
 def _gather(tree, flat_indices):
@@ -113,62 +114,66 @@ def beam_search(prefill: Callable, extend: Callable, input_ids: np.ndarray, s: D
       running=running, running_scores=jnp.zeros((b, nb)).at[:, 1:].set(NEG),
       sequences=running, scores=jnp.full((b, nb), NEG), seq_len=jnp.zeros((b, nb), jnp.int32),
       finished=jnp.zeros((b, nb), bool), improvable=jnp.ones((b, 1), bool))
-  top_mask = jnp.arange(keep) < nb
-
-  @jax.jit
-  def step(logits, carry, cur_len, rng):
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    log_probs = _process(log_probs, carry["running"].reshape(b * nb, max_len), cur_len, prompt_len, s)
-    vocab = log_probs.shape[-1]
-    total = (log_probs.reshape(b, nb, vocab) + carry["running_scores"][:, :, None]).reshape(b, -1)
-    if s.do_sample:
-      idx = _sample_without_replacement(rng, total, keep)
-      top_scores = jnp.take_along_axis(total, idx, axis=1)
-    else:
-      top_scores, idx = jax.lax.top_k(total, keep)
-    beam, token = idx // vocab, (idx % vocab).astype(jnp.int32)
-    cand = jnp.take_along_axis(carry["running"], beam[:, :, None], axis=1)
-    cand = jax.lax.dynamic_update_slice(cand, token[:, :, None], (0, 0, cur_len))
-    hits = _is_eos(token, s) | (cur_len + 1 >= max_len)
-    # Running beams for the next step: the best `nb` candidates that did not stop.
-    run_scores = top_scores + hits * NEG
-    run_scores, nxt = jax.lax.top_k(run_scores, nb)
-    running = jnp.take_along_axis(cand, nxt[:, :, None], axis=1)
-    origin = jnp.take_along_axis(beam, nxt, axis=1)
-    # Finished hypotheses: merge the stopped top-`nb` candidates into the kept best `nb`.
-    lp = top_scores / ((cur_len + 1 - prompt_len) ** s.length_penalty)
-    lp = lp + (~carry["improvable"]) * NEG + (~(hits & top_mask[None, :])) * NEG
-    merged_seq = jnp.concatenate([carry["sequences"], cand], axis=1)
-    merged_scores = jnp.concatenate([carry["scores"], lp], axis=1)
-    merged_fin = jnp.concatenate([carry["finished"], hits & top_mask[None, :]], axis=1)
-    merged_len = jnp.concatenate([carry["seq_len"], jnp.full((b, keep), cur_len + 1, jnp.int32)], axis=1)
-    scores, best = jax.lax.top_k(merged_scores, nb)
-    sequences = jnp.take_along_axis(merged_seq, best[:, :, None], axis=1)
-    finished = jnp.take_along_axis(merged_fin, best, axis=1)
-    seq_len = jnp.take_along_axis(merged_len, best, axis=1)
-    # HF's default early-stopping heuristic, evaluated at the new length.
-    best_running = run_scores[:, :1] / ((cur_len + 1 - prompt_len) ** s.length_penalty)
-    worst_finished = jnp.where(finished, scores.min(axis=1, keepdims=True), NEG)
-    improvable = carry["improvable"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
-    done = ~jnp.any(improvable) | jnp.all(hits)
-    flat_origin = (origin + jnp.arange(b)[:, None] * nb).reshape(-1)
-    new = dict(running=running, running_scores=run_scores,
-               sequences=sequences, scores=scores, seq_len=seq_len, finished=finished,
-               improvable=improvable)
-    tokens = jax.lax.dynamic_slice_in_dim(running, cur_len, 1, axis=2).reshape(-1)
-    return new, flat_origin, tokens, done
-
   cur = prompt_len
   for i in range(s.max_new_tokens):
-    carry, origin, tokens, done = step(logits, carry, jnp.int32(cur), jax.random.fold_in(rng, i))
+    carry, origin, tokens, done = _beam_step(logits, carry, jnp.int32(cur), jax.random.fold_in(rng, i),
+                                             s=s, prompt_len=prompt_len)
     cur += 1
     if bool(done) or i + 1 == s.max_new_tokens:
       break
-    state = _gather(state, origin)
-    logits, state = extend(tokens, state)
+    logits, state = extend(tokens, state, origin)
   best = np.asarray(carry["sequences"][:, 0])
   length = int(np.asarray(carry["seq_len"][:, 0]).max())
   return best[:, :max(length, prompt_len)]
+
+
+@functools.partial(jax.jit, static_argnames=("s", "prompt_len"))
+def _beam_step(logits, carry, cur_len, rng, *, s: DecodeSettings, prompt_len: int):
+  """One beam-search step, as Hugging Face's `_beam_search` loop body."""
+  b, nb, max_len = carry["running"].shape
+  keep = max(2, 1 + len(s.eos_token_ids)) * nb
+  top_mask = jnp.arange(keep) < nb
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = _process(log_probs, carry["running"].reshape(b * nb, max_len), cur_len, prompt_len, s)
+  vocab = log_probs.shape[-1]
+  total = (log_probs.reshape(b, nb, vocab) + carry["running_scores"][:, :, None]).reshape(b, -1)
+  if s.do_sample:
+    idx = _sample_without_replacement(rng, total, keep)
+    top_scores = jnp.take_along_axis(total, idx, axis=1)
+  else:
+    top_scores, idx = jax.lax.top_k(total, keep)
+  beam, token = idx // vocab, (idx % vocab).astype(jnp.int32)
+  cand = jnp.take_along_axis(carry["running"], beam[:, :, None], axis=1)
+  cand = jax.lax.dynamic_update_slice(cand, token[:, :, None], (0, 0, cur_len))
+  hits = _is_eos(token, s) | (cur_len + 1 >= max_len)
+  # Running beams for the next step: the best `nb` candidates that did not stop.
+  run_scores = top_scores + hits * NEG
+  run_scores, nxt = jax.lax.top_k(run_scores, nb)
+  running = jnp.take_along_axis(cand, nxt[:, :, None], axis=1)
+  origin = jnp.take_along_axis(beam, nxt, axis=1)
+  # Finished hypotheses: merge the stopped top-`nb` candidates into the kept best `nb`.
+  lp = top_scores / ((cur_len + 1 - prompt_len) ** s.length_penalty)
+  lp = lp + (~carry["improvable"]) * NEG + (~(hits & top_mask[None, :])) * NEG
+  merged_seq = jnp.concatenate([carry["sequences"], cand], axis=1)
+  merged_scores = jnp.concatenate([carry["scores"], lp], axis=1)
+  merged_fin = jnp.concatenate([carry["finished"], hits & top_mask[None, :]], axis=1)
+  merged_len = jnp.concatenate([carry["seq_len"], jnp.full((b, keep), cur_len + 1, jnp.int32)], axis=1)
+  scores, best = jax.lax.top_k(merged_scores, nb)
+  sequences = jnp.take_along_axis(merged_seq, best[:, :, None], axis=1)
+  finished = jnp.take_along_axis(merged_fin, best, axis=1)
+  seq_len = jnp.take_along_axis(merged_len, best, axis=1)
+  # HF's default early-stopping heuristic, evaluated at the new length.
+  best_running = run_scores[:, :1] / ((cur_len + 1 - prompt_len) ** s.length_penalty)
+  worst_finished = jnp.where(finished, scores.min(axis=1, keepdims=True), NEG)
+  improvable = carry["improvable"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
+  done = ~jnp.any(improvable) | jnp.all(hits)
+  flat_origin = (origin + jnp.arange(b)[:, None] * nb).reshape(-1)
+  new = dict(running=running, running_scores=run_scores,
+             sequences=sequences, scores=scores, seq_len=seq_len, finished=finished,
+             improvable=improvable)
+  tokens = jax.lax.dynamic_slice_in_dim(running, cur_len, 1, axis=2).reshape(-1)
+  return new, flat_origin, tokens, done
+
 
 
 def _sample_without_replacement(rng, scores, k):
