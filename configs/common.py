@@ -150,13 +150,14 @@ SHARDING_RULES = (
 
 def base_config(backend: str = "cpu", tiny: bool = False) -> ml_collections.ConfigDict:
   """Everything but the model: mesh, sharding rules, backend, seed, training fields."""
-  from configs import train_common  # pylint: disable=g-import-not-at-top
+  from configs import data, train_common  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.backend = backend
   c.seed = 42
   c.mesh = mesh_config()
   c.sharding_rules = SHARDING_RULES
   c.update(train_common.train_config(tiny))
+  c.data = data.get_data_config(tiny=tiny)
   return c
 
 

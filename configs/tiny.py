@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
   c.model.eoc_token_id = 509
   c.model.media_token_id = 510
   c.model.pad_token_id = 511
+  c.data.image_size = c.model.vision.image_size
   c.tokenizer_path = "flamingo_jax/assets/tiny_tokenizer"
   c.lm_path = ""
   common.apply_backend(c)

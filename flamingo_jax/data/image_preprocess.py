@@ -1,0 +1,37 @@
+"""CLIP's evaluation transform, as open_clip builds it for OpenFlamingo, channel-last.
+
+Resize the shorter side to `size` with PIL bicubic (aspect kept), center-crop `size`, RGB, scale
+to [0, 1], normalise with CLIP's mean/std. PIL's resize is used (not a JAX resize) so that pixels
+match the reference's.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+Image.MAX_IMAGE_PIXELS = 1_000_000_000  # as the reference: large web images are not an error
+
+
+def decode(data: bytes) -> Image.Image:
+  """Encoded bytes -> RGB PIL image (raises on undecodable data)."""
+  img = Image.open(io.BytesIO(data))
+  img.load()
+  return img.convert("RGB")
+
+
+def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
+  """PIL image -> float32 (size, size, 3), CLIP-normalised."""
+  w, h = img.size
+  if w <= h:
+    new_w, new_h = size, int(size * h / w)
+  else:
+    new_w, new_h = int(size * w / h), size
+  img = img.resize((new_w, new_h), Image.BICUBIC)
+  left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+  img = img.crop((left, top, left + size, top + size)).convert("RGB")
+  x = np.asarray(img, np.float32) / 255.0
+  return (x - CLIP_MEAN) / CLIP_STD

@@ -1,0 +1,170 @@
+"""Synthetic LAION- and MMC4-format WebDataset shards whose text depends on what is drawn.
+
+Each image shows 1-3 shapes of one colour and kind in one region; its caption says so
+("two red circles on the left"), so only a model that looks can predict it. MMC4 documents
+interleave several such images with their sentences and unrelated filler sentences, with a CLIP-like
+similarity matrix. A few samples are deliberately broken (undecodable image, missing field, empty
+text) to exercise the skip-and-count path.
+
+  python -m flamingo_jax.data.synthetic --out runs/synthetic_shards
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220),
+          "yellow": (235, 210, 30), "purple": (140, 50, 170), "orange": (245, 140, 20)}
+SHAPES = ("circle", "square", "triangle")
+REGIONS = {"left": (0.0, 0.2, 0.5, 0.8), "right": (0.5, 0.2, 1.0, 0.8),
+           "top": (0.2, 0.0, 0.8, 0.5), "bottom": (0.2, 0.5, 0.8, 1.0)}
+COUNTS = ("one", "two", "three")
+FILLER = ("the weather was nice that day", "we went home after lunch",
+          "this is a short note", "more pictures follow below", "thanks for reading")
+
+
+def draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
+  """A noisy-background image with shapes, and its caption."""
+  color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+  region, count = rng.choice(list(REGIONS)), int(rng.integers(1, 4))
+  noise = rng.integers(170, 256, size=(size, size, 3), dtype=np.uint8)  # texture keeps JPEGs > 11 KB
+  img = Image.fromarray(noise)
+  d = ImageDraw.Draw(img)
+  x0, y0, x1, y1 = (int(v * size) for v in REGIONS[region])
+  r = max(3, size // 10)
+  for _ in range(count):
+    cx, cy = int(rng.integers(x0 + r, x1 - r)), int(rng.integers(y0 + r, y1 - r))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    fill = COLORS[color]
+    if shape == "circle":
+      d.ellipse(box, fill=fill)
+    elif shape == "square":
+      d.rectangle(box, fill=fill)
+    else:
+      d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+  plural = "s" if count > 1 else ""
+  return img, f"{COUNTS[count - 1]} {color} {shape}{plural} on the {region}"
+
+
+def jpeg(img: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  img.save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def _stem(path: str) -> str:
+  """Shard name without extensions: sample keys must not contain dots (WebDataset splits there)."""
+  return os.path.basename(path).split(".", 1)[0]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def laion_shard(path: str, rng: np.random.Generator, samples: int, size: int, broken: bool) -> None:
+  """One LAION-format shard: `{key}.jpg` + `{key}.txt` pairs."""
+  with tarfile.open(path, "w") as tar:
+    for i in range(samples):
+      key = f"{_stem(path)}_{i:06d}"
+      img, caption = draw(rng, size)
+      data, text = jpeg(img), caption
+      if broken and i == 1:
+        data = b"not a jpeg"
+      if broken and i == 2:
+        text = "   "
+      if broken and i == 3:
+        _add(tar, f"{key}.txt", text.encode())  # no image at all
+        continue
+      _add(tar, f"{key}.jpg", data)
+      _add(tar, f"{key}.txt", text.encode())
+
+
+def mmc4_document(rng: np.random.Generator, size: int) -> dict:
+  """One MMC4-format document: sentences, base64 images and an image x sentence similarity."""
+  n_images = int(rng.integers(1, 4))
+  captions, images = [], []
+  for _ in range(n_images):
+    img, caption = draw(rng, size)
+    images.append(img)
+    captions.append(caption)
+  text_list, match = [], []
+  for caption in captions:
+    if rng.random() < 0.5:
+      text_list.append(str(rng.choice(FILLER)))
+    match.append(len(text_list))
+    text_list.append(caption)
+  text_list.append(str(rng.choice(FILLER)))
+  sim = rng.uniform(0.05, 0.15, size=(n_images, len(text_list)))
+  for i, j in enumerate(match):
+    sim[i, j] = rng.uniform(0.26, 0.35)
+  info = [{"image_name": f"img{i}.jpg", "image_base64": base64.b64encode(jpeg(img)).decode(),
+           "matched_text_index": match[i], "matched_sim": float(sim[i, match[i]])}
+          for i, img in enumerate(images)]
+  return {"text_list": text_list, "image_info": info, "similarity_matrix": sim.tolist()}
+
+
+def mmc4_shard(path: str, rng: np.random.Generator, samples: int, size: int, broken: bool) -> None:
+  """One MMC4-format shard: a `{key}.json` document per sample."""
+  with tarfile.open(path, "w") as tar:
+    for i in range(samples):
+      key = f"{_stem(path)}_{i:06d}"
+      doc = mmc4_document(rng, size)
+      if broken and i == 1:
+        doc["image_info"][0]["image_base64"] = base64.b64encode(b"x" * 12000).decode()
+        doc["image_info"] = doc["image_info"][:1]
+      if broken and i == 2:
+        del doc["text_list"]
+      _add(tar, f"{key}.json", json.dumps(doc).encode())
+
+
+def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4,
+                 samples_per_shard: int = 64, image_size: int = 128, seed: int = 0) -> dict[str, list[str]]:
+  """Writes `out/laion-*.tar` and `out/mmc4-*.tar`; shard 0 of each holds broken samples."""
+  os.makedirs(out, exist_ok=True)
+  paths = {"laion": [], "mmc4": []}
+  for kind, count, write in (("laion", laion_shards, laion_shard), ("mmc4", mmc4_shards, mmc4_shard)):
+    for s in range(count):
+      path = os.path.join(out, f"{kind}-{s:05d}.tar")
+      rng = np.random.default_rng([seed, s, kind == "mmc4"])
+      write(path + ".tmp", rng, samples_per_shard, image_size, broken=s == 0)
+      os.replace(path + ".tmp", path)
+      paths[kind].append(path)
+  return paths
+
+
+def corpus(seed: int = 0, n: int = 2000) -> list[str]:
+  """Text of the kind the shards hold, plus seeded pseudo-words so a small BPE has enough merges
+  (for training the tiny tokenizer)."""
+  rng = np.random.default_rng(seed)
+  words = [f"{c} {col} {s}{p} on the {r}" for c in COUNTS for col in COLORS for s in SHAPES
+           for p in ("", "s") for r in REGIONS]
+  letters = list("abcdefghijklmnopqrstuvwxyz")
+  pseudo = ["".join(rng.choice(letters, size=int(rng.integers(3, 8)))) for _ in range(n)]
+  return words * 20 + list(FILLER) * 20 + pseudo
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description="Write synthetic LAION/MMC4 WebDataset shards.")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--laion-shards", type=int, default=4)
+  parser.add_argument("--mmc4-shards", type=int, default=4)
+  parser.add_argument("--samples-per-shard", type=int, default=64)
+  parser.add_argument("--image-size", type=int, default=128)
+  parser.add_argument("--seed", type=int, default=0)
+  a = parser.parse_args()
+  paths = write_shards(a.out, laion_shards=a.laion_shards, mmc4_shards=a.mmc4_shards,
+                       samples_per_shard=a.samples_per_shard, image_size=a.image_size, seed=a.seed)
+  print(f"wrote {len(paths['laion'])} LAION and {len(paths['mmc4'])} MMC4 shards to {a.out}")
+
+
+if __name__ == "__main__":
+  main()
