@@ -77,6 +77,7 @@ def lm_config(family: str, **overrides) -> ml_collections.ConfigDict:
       max_positions=2048,
       ln_eps=1e-5,
       tie_embeddings=True,
+      embed_init_std=0.02,      # init std of the token table (matters for an LM not pretrained)
       # MPT
       alibi_bias_max=8,
       qk_layer_norm=False,      # mpt-1b-redpajama-200b (MosaicGPT) has it.

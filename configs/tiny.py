@@ -14,7 +14,10 @@ def get_config(arg: str | None = None):
   lm = common.lm_config(a.family, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                         mlp_hidden_size=256, max_positions=256, qk_layer_norm=True,
                         tie_embeddings=a.family != "gpt_neox", use_bias=a.family != "mpt", norm_bias=a.family != "mpt",
-                        activation="relu" if a.family == "opt" else "gelu")
+                        activation="relu" if a.family == "opt" else "gelu",
+                        # The tiny LM is random, not pretrained: a unit-scale (frozen, tied) table
+                        # lets the output logits reach a useful range.
+                        embed_init_std=1.0)
   c.model = common.model_config(lm, every_n_layers=1, train_special_embeddings=True)
   c.model.vision.update(image_size=64, patch_size=8, width=64, layers=2, heads=4, embed_dim=32)
   c.model.perceiver.update(depth=2, dim_head=16, heads=4, num_latents=8)

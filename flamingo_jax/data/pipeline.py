@@ -71,7 +71,7 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   ds = ds.random_map(_preprocess_fn(name, cfg, tok), seed=cfg.seed + (1 if name == "mmc4" else 0))
   it = ds.to_iter_dataset()
   if cfg.workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
+    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.workers))
   it = it.filter(functools.partial(counter.keep, name))
   # A dataset whose samples are (nearly) all bad raises instead of spinning forever.
   it = grain.experimental.WithOptionsIterDataset(

@@ -99,12 +99,13 @@ class Embed(nn.Module):
   """A token embedding table (vocab, embed); `attend` gives the tied output projection."""
   num_embeddings: int
   features: int
+  init_std: float = 0.02
   collection: str = TRAINABLE
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.embedding = make_param(self, self.collection, "embedding", nn.initializers.normal(0.02),
+    self.embedding = make_param(self, self.collection, "embedding", nn.initializers.normal(self.init_std),
                                 (self.num_embeddings, self.features), self.param_dtype,
                                 ("vocab", "embed"))
 

@@ -29,7 +29,7 @@ class DecoderLM(nn.Module):
     c = self.cfg
     kw = dict(collection=FROZEN, dtype=self.dtype, param_dtype=self.param_dtype)
     self.scheme = position_scheme(c.family)
-    self.embed = Embed(c.vocab_size, self.embed_dim, **kw)
+    self.embed = Embed(c.vocab_size, self.embed_dim, c.embed_init_std, **kw)
     if self.scheme == "learned":
       self.pos_embed = Embed(c.max_positions + OPT_POSITION_OFFSET, c.hidden_size, **kw)
     if self.embed_dim != c.hidden_size:  # OPT-350m projects a narrower embedding.

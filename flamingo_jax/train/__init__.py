@@ -1,0 +1,1 @@
+"""Training: optimizer, state, jitted step, Orbax checkpoints, metrics, the loop."""

@@ -1,0 +1,37 @@
+"""Trains Flamingo.
+
+  python -m flamingo_jax.train --config=configs/tiny.py --workdir=runs/tiny
+  python -m flamingo_jax.train --config=configs/of_3b.py:tpu --workdir=gs://bucket/run \
+      --config.data.mmc4.shards=... --config.checkpoint.base=...
+
+A restarted job resumes from the latest checkpoint in --workdir by itself.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally file.py:arg).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and TensorBoard logs go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # Orbax/clu INFO lines drown the progress lines
+  import jax  # pylint: disable=g-import-not-at-top
+  cfg = _CONFIG.value
+  if cfg.backend == "cpu":
+    jax.config.update("jax_platforms", "cpu")
+  elif jax.process_count() == 1 and os.environ.get("JAX_COORDINATOR_ADDRESS", "") or cfg.backend == "tpu":
+    jax.distributed.initialize()  # TPU VMs: every host runs this same command
+  from flamingo_jax.train import loop  # pylint: disable=g-import-not-at-top
+  loop.train_and_evaluate(cfg, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
