@@ -16,6 +16,6 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)
-    c.train.update(num_steps=300, log_every=10)
-    c.checkpoint.update(every_steps=100)
+    c.train.update(num_steps=1000, log_every=50)
+    c.checkpoint.update(every_steps=250)
   return c

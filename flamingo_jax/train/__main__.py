@@ -27,8 +27,10 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg.backend == "cpu":
     jax.config.update("jax_platforms", "cpu")
-  elif jax.process_count() == 1 and os.environ.get("JAX_COORDINATOR_ADDRESS", "") or cfg.backend == "tpu":
-    jax.distributed.initialize()  # TPU VMs: every host runs this same command
+  elif cfg.backend == "tpu" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    # Every host runs this same command; on TPU VMs the peers are found automatically, on GPU
+    # hosts from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+    jax.distributed.initialize()
   from flamingo_jax.train import loop  # pylint: disable=g-import-not-at-top
   loop.train_and_evaluate(cfg, _WORKDIR.value)
 

@@ -1,6 +1,7 @@
 """The training loop, as small named stages: mesh, data, state, step, checkpoint, run, eval."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -72,9 +73,16 @@ def next_batches(iters) -> dict[str, dict[str, np.ndarray]]:
   return {name: {k: v for k, v in next(it).items() if k != "image_mask"} for name, it in iters.items()}
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint. Returns
-  the final metrics (including the real-vs-blank-image evaluation)."""
+@dataclasses.dataclass
+class TrainResult:
+  """What a run logged (one dict per logged step) and its final real-vs-blank-image evaluation."""
+  history: list[dict[str, float]]
+  final: dict[str, float]
+  state: Any
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint."""
   os.makedirs(workdir, exist_ok=True)
   mesh, rule_set = setup_mesh(cfg)
   tok = tokenizer.load_tokenizer(cfg.tokenizer_path)
@@ -112,7 +120,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
   writer.write_scalars(int(state.step), final)
   writer.flush()
   print(f"TensorBoard logs: {workdir}   Orbax checkpoints: {ckpt.directory}", flush=True)
-  return {**(history[-1] if history else {}), **final}
+  return TrainResult(history, final, state)
 
 
 def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt, start):
@@ -140,6 +148,7 @@ def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer
         logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
                   **{f"skipped/{k}": float(v) for k, v in skips.counts.items()}}
         logged.pop("finite", None)
+        logged["step"] = step
         writer.write_scalars(step, logged)
         history.append(logged)
         gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])

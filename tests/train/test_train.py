@@ -1,0 +1,142 @@
+"""Training: sharded == single-device step, learning, exact resume, frozen weights untouched,
+no optimizer state for frozen weights, SIGTERM checkpoint, non-finite stop."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from flamingo_jax.data import synthetic
+from flamingo_jax.models import rules, shapes
+from flamingo_jax.train import checkpoint, loop, optimizer, step as step_lib
+from flamingo_jax.train.state import TrainState
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("shards"))
+  synthetic.write_shards(out, laion_shards=2, mmc4_shards=2, samples_per_shard=32, seed=0)
+  return out
+
+
+def _cfg(shards, **train):
+  c = tiny.get_config().unlock()
+  c.tokenizer_path = os.path.join(REPO, c.tokenizer_path)
+  c.data.synthetic_dir = ""
+  c.data.laion.update(shards=os.path.join(shards, "laion-*.tar"), batch_size=16)
+  c.data.mmc4.update(shards=os.path.join(shards, "mmc4-*.tar"), batch_size=8)
+  c.train.update(log_every=1, **train)
+  c.optim.update(warmup_steps=2, learning_rate=3e-3)
+  return c
+
+
+def _batches(cfg, seed=0):
+  rng = np.random.default_rng(seed)
+  size = cfg.model.vision.image_size
+  out = {}
+  for name, b, t, length in (("mmc4", 4, 3, 24), ("laion", 8, 1, 12)):
+    ids = rng.integers(1, 500, size=(b, length)).astype(np.int32)
+    ids[:, 0] = cfg.model.media_token_id
+    out[name] = {"images": rng.normal(size=(b, t, 1, size, size, 3)).astype(np.float32),
+                 "input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "labels": np.where(ids == cfg.model.media_token_id, -100, ids)}
+  return out
+
+
+def _one_step(cfg):
+  mesh, rule_set = loop.setup_mesh(cfg)
+  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  tx = optimizer.make_optimizer(cfg.optim)
+  with mesh, nn.logical_axis_rules(rule_set):
+    state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
+    batches = {k: loop.global_batch(v, mesh) for k, v in _batches(cfg).items()}
+    frozen_before = jax.device_get(variables["frozen"])
+    state, metrics = jax.jit(step_lib.make_train_step(cfg, tx))(state, variables["frozen"], batches)
+  return jax.device_get(state.params), jax.device_get(metrics), frozen_before, jax.device_get(variables["frozen"])
+
+
+def test_sharded_step_equals_single_device_step(shards):
+  single = _cfg(shards)
+  single.mesh.update(data=1, fsdp=1, tensor=1)
+  sharded = _cfg(shards)
+  sharded.mesh.update(data=2, fsdp=2, tensor=2)
+  from unittest import mock  # only to pin the device list; the model and step are real
+  with mock.patch.object(jax, "devices", lambda *a: jax.local_devices()[:1]):
+    p1, m1, _, _ = _one_step(single)
+  p8, m8, frozen_before, frozen_after = _one_step(sharded)
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
+  # The frozen tree is bitwise unchanged by a step.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, frozen_before, frozen_after)
+
+
+def test_optimizer_state_has_no_frozen_leaves():
+  cfg = tiny.get_config()
+  abstract = nn.unbox(shapes.abstract_variables(cfg.model))
+  tx = optimizer.make_optimizer(cfg.optim)
+  opt_state = jax.eval_shape(tx.init, abstract["params"])
+  n_params = len(jax.tree_util.tree_leaves(abstract["params"]))
+  shapes_in_opt = [x.shape for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0]
+  assert len(shapes_in_opt) == 2 * n_params  # Adam's mu and nu, for trainable leaves only
+  frozen_size = rules.count_params(abstract["frozen"])
+  assert sum(int(np.prod(s)) for s in shapes_in_opt) == 2 * rules.count_params(abstract["params"])
+  assert frozen_size > 0
+  mask = optimizer.decay_mask(abstract["params"])
+  assert all(mask["xattn_0"]["attn"]["to_q"].values()) and not any(
+      jax.tree_util.tree_leaves(mask["perceiver"])) and not mask["special_embeddings"]
+
+
+def test_loss_falls_and_resume_is_exact(shards, tmp_path):
+  straight = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "a"))
+  losses = [h["loss"] for h in straight.history]
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+  cfg = _cfg(shards, num_steps=15)
+  cfg.checkpoint.every_steps = 5
+  loop.train_and_evaluate(cfg, str(tmp_path / "b"))
+  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "b"))
+  assert [h["step"] for h in resumed.history] == list(range(16, 31))
+  np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
+
+
+def test_non_finite_loss_stops_before_checkpointing(shards, tmp_path):
+  cfg = _cfg(shards, num_steps=5)
+  cfg.optim.learning_rate = float("nan")
+  cfg.checkpoint.every_steps = 1
+  with pytest.raises(loop.NonFiniteError, match="step 2"):
+    loop.train_and_evaluate(cfg, str(tmp_path))
+  assert checkpoint.Checkpointer(str(tmp_path), 3).latest_step() == 1
+
+
+def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, "-m", "flamingo_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+          f"--config.data.laion.shards={shards}/laion-*.tar", f"--config.data.mmc4.shards={shards}/mmc4-*.tar",
+          "--config.data.synthetic_dir=", "--config.train.num_steps=100000", "--config.train.log_every=1"]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  for line in proc.stdout:
+    if line.startswith("step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "Preempted: checkpoint for step" in out
+  ckpt = checkpoint.Checkpointer(workdir, 3)
+  step = ckpt.latest_step()
+  assert step is not None and step >= 3
+  cfg = tiny.get_config()
+  mesh, rule_set = loop.setup_mesh(cfg)
+  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  tx = optimizer.make_optimizer(cfg.optim)
+  state = TrainState.create(variables["params"], tx)
+  restored, data_state = ckpt.restore(step, checkpoint.abstract_like(state))
+  assert int(restored.step) == step and set(data_state) == {"laion", "mmc4"}
