@@ -53,7 +53,8 @@ def test_sharded_forward_equals_single_device():
   # Parameters really are split across devices (not silently replicated).
   qkv = sharded_vars["frozen"]["lm"]["blocks_0"]["attn"]["qkv"]["kernel"]
   assert len({str(s.index) for s in qkv.addressable_shards}) > 1
-  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), rtol=0, atol=1e-5)
+  # Same math, different reduction order; logits here are O(10) (the tiny table has unit scale).
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), rtol=0, atol=1e-4)
 
 
 def test_collections_follow_the_rules():
@@ -100,7 +101,8 @@ def test_bf16_compute_and_remat_run_and_stay_close():
   cfg.model.update(dtype="bfloat16", remat_policy="nothing_saveable")
   low = Flamingo(cfg.model).apply(variables, *inputs)
   assert low.dtype == jnp.bfloat16
-  assert float(jnp.abs(low.astype(jnp.float32) - reference).max()) < 0.1
+  # bf16 keeps ~3 significant digits: compare to the logits' scale.
+  assert float(jnp.abs(low.astype(jnp.float32) - reference).max()) < 0.02 * float(jnp.abs(reference).max())
   grads = jax.grad(lambda p: Flamingo(cfg.model).apply({"params": p, "frozen": variables["frozen"]},
                                                        *inputs).astype(jnp.float32).mean())(variables["params"])
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))

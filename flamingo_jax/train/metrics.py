@@ -5,7 +5,6 @@ import time
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 # Peak dense bf16 FLOP/s per chip, for MFU (fp32 on CPU is only a rough reference).
 PEAK_FLOPS = {"tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v4": 275e12, "tpu v5p": 459e12,
@@ -19,6 +18,7 @@ def peak_flops_per_device() -> float | None:
 
 def make_writer(workdir: str):
   """TensorBoard event files under workdir (process 0 only) plus console lines."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (pulls in TensorFlow)
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
