@@ -53,6 +53,7 @@ def build_lm(family: str, **kw) -> torch.nn.Module:
                        word_embed_proj_dim=LM_DIM, pad_token_id=PAD_ID, **kw)
     model = tf.OPTForCausalLM(cfg)
   elif family == "gpt_neox":
+    kw.setdefault("use_parallel_residual", False)  # jax_config's default (HF's is True)
     cfg = tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=LM_DIM, num_hidden_layers=LM_LAYERS,
                            num_attention_heads=LM_HEADS, intermediate_size=4 * LM_DIM,
                            max_position_embeddings=128, hidden_act="gelu", **kw)
