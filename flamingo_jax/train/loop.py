@@ -130,6 +130,9 @@ def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer
             + cfg.data.mmc4.batch_size * cfg.data.mmc4.max_tokens)
   history, throughput, t0 = [], None, time.time()
   step = start
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (pulls in TensorFlow)
+  hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=writer,
+                                           every_secs=60)]
   with mesh, nn.logical_axis_rules(rule_set):
     while step < cfg.train.num_steps:
       batches = {k: global_batch(v, mesh) for k, v in next_batches(iters).items()}
@@ -144,6 +147,8 @@ def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer
           raise NonFiniteError(f"Non-finite loss or gradient at step {step} (loss {float(m['loss'])},"
                                f" grad norm {float(m['grad_norm'])}); no checkpoint was written for it")
       state = new_state
+      for hook in hooks:
+        hook(step)
       if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
         logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
                   **{f"skipped/{k}": float(v) for k, v in skips.counts.items()}}
