@@ -53,6 +53,10 @@ def load_frozen_and_params(cfg, mesh, rule_set) -> tuple[dict, Any, Any]:
   if cfg.checkpoint.base:
     from flamingo_jax.weights import orbax_io  # pylint: disable=g-import-not-at-top
     _, variables = orbax_io.load_base_checkpoint(cfg.checkpoint.base)
+    # Stored and fed in the config's dtypes: frozen weights in frozen_dtype (bf16 on TPU).
+    dtypes = {"params": jnp.dtype(cfg.model.param_dtype), "frozen": jnp.dtype(cfg.model.frozen_dtype)}
+    variables = {c: jax.tree_util.tree_map(lambda x, d=dtypes[c]: np.asarray(x, d), v)
+                 for c, v in variables.items()}
     variables = jax.device_put(variables, shardings)
   else:
     with mesh, nn.logical_axis_rules(rule_set):
