@@ -140,3 +140,16 @@ def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
   state = TrainState.create(variables["params"], tx)
   restored, data_state = ckpt.restore(step, checkpoint.abstract_like(state))
   assert int(restored.step) == step and set(data_state) == {"laion", "mmc4"}
+
+
+def test_training_starts_from_a_base_checkpoint(shards, tmp_path):
+  from flamingo_jax.weights import orbax_io
+  cfg = _cfg(shards, num_steps=2)
+  base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(7)))
+  orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, base)
+  cfg.checkpoint.base = str(tmp_path / "base")
+  mesh, rule_set = loop.setup_mesh(cfg)
+  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(variables), jax.device_get(base))
+  result = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert [h["step"] for h in result.history] == [1, 2]
