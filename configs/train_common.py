@@ -12,7 +12,8 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
       weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
       loss_multiplier_mmc4=1.0, loss_multiplier_laion=0.2))
   c.train = ml_collections.ConfigDict(dict(num_steps=100_000, log_every=100,
-                                          check_finite_every=1))  # 0: never (no host sync)
+                                          check_finite_every=1,   # 0: never (no host sync)
+                                          profile_start=10, profile_steps=0))  # >0: trace steps
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)

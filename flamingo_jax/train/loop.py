@@ -114,7 +114,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   preempt = _Preemption()
   history = []
   try:
-    history = _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt,
+    history = _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt,
                    int(start or 0))
     state = history.pop()
   finally:
@@ -127,7 +127,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   return TrainResult(history, final, state)
 
 
-def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt, start):
+def _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt, start):
   """The step loop. Returns the logged metrics, followed by the final state."""
   samples = cfg.data.laion.batch_size + cfg.data.mmc4.batch_size
   tokens = (cfg.data.laion.batch_size * cfg.data.laion.max_tokens
@@ -136,14 +136,13 @@ def _run(cfg, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer
   step = start
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (pulls in TensorFlow)
   hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=writer,
-                                           every_secs=60)]
+                                           every_secs=60),
+           metrics.Profiler(workdir, cfg.train.profile_start, cfg.train.profile_steps)]
   with mesh, nn.logical_axis_rules(rule_set):
     while step < cfg.train.num_steps:
       batches = {k: global_batch(v, mesh) for k, v in next_batches(iters).items()}
       if throughput is None:
-        flops = step_fn.lower(state, frozen, batches).compile().cost_analysis()
-        flops = (flops[0] if isinstance(flops, list) else flops or {}).get("flops")
-        throughput = metrics.Throughput(samples, tokens, flops)
+        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, tx, batches))
       new_state, m = step_fn(state, frozen, batches)
       step += 1
       if cfg.train.check_finite_every and step % cfg.train.check_finite_every == 0:

@@ -25,8 +25,10 @@ def make_writer(workdir: str):
 class Throughput:
   """samples/s, tokens/s and MFU over the interval since the last call."""
 
-  def __init__(self, samples_per_step: int, tokens_per_step: int, flops_per_step: float | None):
+  def __init__(self, samples_per_step: int, tokens_per_step: int, flops_per_step: float | None,
+               peak_flops: float | None = None):
     self.samples, self.tokens, self.flops = samples_per_step, tokens_per_step, flops_per_step
+    self.peak = peak_flops or peak_flops_per_device()
     self.last_time, self.last_step = time.time(), 0
 
   def __call__(self, step: int) -> dict[str, float]:
@@ -36,10 +38,48 @@ class Throughput:
     self.last_time, self.last_step = now, step
     out = {"perf/samples_per_s": self.samples / dt, "perf/tokens_per_s": self.tokens / dt,
            "perf/step_time_s": dt}
-    peak = peak_flops_per_device()
-    if self.flops and peak:
-      out["perf/mfu"] = self.flops / dt / (peak * jax.device_count())
+    if self.flops and self.peak:
+      out["perf/mfu"] = self.flops / dt / (self.peak * jax.device_count())
+    if self.flops:
+      out["perf/tflops_per_s"] = self.flops / dt / 1e12
     return out
+
+
+def step_flops(cfg, tx, batches) -> float | None:
+  """FLOPs of one training step, from XLA's cost analysis of the step lowered with the layers
+  unrolled: a scanned stack would be counted once, not once per group."""
+  from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.model.scan_layers = False
+  abstract = nn.unbox(shapes.abstract_variables(cfg.model))
+  state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
+  as_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  batches = jax.tree_util.tree_map(as_struct, batches)
+  cost = jax.jit(step_lib.make_train_step(cfg, tx)).lower(state, abstract["frozen"], batches).cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return (cost or {}).get("flops")
+
+
+class Profiler:
+  """Traces `num_steps` training steps from step `start` for TensorBoard's profile plugin."""
+
+  def __init__(self, logdir: str, start: int, num_steps: int):
+    self.logdir, self.start, self.stop = logdir, start, start + num_steps
+    self.active = False
+
+  def __call__(self, step: int) -> None:
+    if self.stop <= self.start or jax.process_index() != 0:
+      return
+    if step == self.start and not self.active:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+    elif step >= self.stop and self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 def scalars(metrics: dict) -> dict[str, float]:

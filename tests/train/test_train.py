@@ -15,7 +15,7 @@ import pytest
 from configs import tiny
 from flamingo_jax.data import synthetic
 from flamingo_jax.models import rules, shapes
-from flamingo_jax.train import checkpoint, loop, optimizer, step as step_lib
+from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,3 +153,29 @@ def test_training_starts_from_a_base_checkpoint(shards, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(variables), jax.device_get(base))
   result = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert [h["step"] for h in result.history] == [1, 2]
+
+
+def test_step_flops_count_every_layer_even_when_scanned():
+  cfg = tiny.get_config().unlock()
+  tx = optimizer.make_optimizer(cfg.optim)
+  batches = _batches(cfg)
+  unrolled = metrics.step_flops(cfg, tx, batches)
+  cfg.model.scan_layers = True
+  assert metrics.step_flops(cfg, tx, batches) == unrolled
+  # At least the LM's forward matmuls: 2 * LM params * text tokens.
+  lm_params = rules.count_params(shapes.abstract_variables(cfg.model)["frozen"]["lm"])
+  tokens = sum(b["input_ids"].size for b in batches.values())
+  assert unrolled > 2 * lm_params * tokens
+  t = metrics.Throughput(10, 100, unrolled, peak_flops=1e12)
+  t.last_time -= 1.0
+  out = t(1)
+  assert 0 < out["perf/mfu"] < unrolled / 1e12 / jax.device_count() + 1e-9
+
+
+def test_profiler_writes_a_trace(tmp_path):
+  prof = metrics.Profiler(str(tmp_path), start=1, num_steps=2)
+  f = jax.jit(lambda x: (x @ x).sum())
+  for step in range(1, 5):
+    f(jnp.ones((64, 64))).block_until_ready()
+    prof(step)
+  assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
