@@ -87,8 +87,6 @@ def test_hf_directory_streams_in_sharded_safetensors_and_bin(tmp_path):
   lm = ref.build_lm("gpt_neox", rotary_pct=0.25)
   ref.perturb_(lm)
   lm.save_pretrained(tmp_path / "st", max_shard_size="100KB")
-  lm.save_pretrained(tmp_path / "bin", safe_serialization=False) if "safe_serialization" in \
-      lm.save_pretrained.__code__.co_varnames else None
   assert len(list((tmp_path / "st").glob("*.safetensors"))) > 1
   cfg = _config("gpt_neox", rotary_pct=0.25)
   variables = convert.import_weights(cfg, lm_dir=str(tmp_path / "st"))
@@ -116,3 +114,17 @@ def test_wrong_variant_is_a_clear_error_and_writes_nothing(tmp_path):
   with pytest.raises(UnreadableCheckpointError, match="junk.pt"):
     convert.load_openflamingo_checkpoint({}, cfg.model, str(tmp_path / "junk.pt"), convert._expected(cfg.model))
   assert sorted(os.listdir(tmp_path)) == ["a.pt", "junk.pt"]
+
+
+def test_hf_directory_with_a_pytorch_bin_file(tmp_path):
+  lm = ref.build_lm("opt")
+  ref.perturb_(lm)
+  (tmp_path / "lm").mkdir()
+  torch.save(lm.state_dict(), tmp_path / "lm" / "pytorch_model.bin")
+  cfg = _config("opt")
+  variables = convert.import_weights(cfg, lm_dir=str(tmp_path / "lm"))
+  want = sd_lib.to_flax(ref.state_dict_numpy(lm), names.lm_entries(cfg.model.lm))
+  import jax
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables["frozen"]["lm"], want["frozen"]["lm"])
+  with pytest.raises(CheckpointMismatchError, match="LM tensors missing"):
+    convert.import_weights(_config("mpt"), lm_dir=str(tmp_path / "lm"))  # another family's weights

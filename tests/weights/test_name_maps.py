@@ -49,3 +49,36 @@ def test_released_name_maps(get_config, prefix, dim, blocks):
   assert {int(k[len(prefix) + 1:].split(".")[0]) for k in xattn} == set(blocks)
   assert len(xattn) == 11 * len(blocks)  # per block: 2 gates, norm (2), q/kv/out, ff norm (2), 2 linears
   assert len([k for k in ckpt_keys if k.startswith("perceiver.")]) == 1 + 2 + 6 * 11
+
+
+@pytest.mark.parametrize("get_config,hf", [("of_4b", "gpt_neox"), ("of_9b", "mpt")])
+def test_lm_names_and_shapes_match_the_real_size_hf_model(get_config, hf):
+  """The LM name map against the actual HF module at full size, on the meta device (nothing
+  allocated): every mapped key exists with the shape our transform produces (vocab aside)."""
+  import torch
+  import transformers as tf
+  cfg = {"of_4b": of_4b, "of_9b": of_9b}[get_config].get_config("cpu")
+  lm = cfg.model.lm
+  if hf == "gpt_neox":
+    hf_cfg = tf.GPTNeoXConfig(vocab_size=50432, hidden_size=2560, num_hidden_layers=32,
+                              num_attention_heads=32, intermediate_size=10240, rotary_pct=1.0,
+                              use_parallel_residual=False, tie_word_embeddings=False)
+    cls = tf.GPTNeoXForCausalLM
+  else:
+    hf_cfg = tf.MptConfig(d_model=4096, n_heads=32, n_layers=32, expansion_ratio=4, vocab_size=50432)
+    cls = tf.MptForCausalLM
+  with torch.device("meta"):
+    model = cls(hf_cfg)
+  hf_shapes = {k.replace("lm_head.", "embed_out.") if hf == "gpt_neox" else k: tuple(v.shape)
+               for k, v in model.state_dict().items()}
+  abstract = nn.unbox(shapes.abstract_variables(cfg.model))
+  for e in names.lm_entries(lm):
+    leaf = abstract[e.collection]
+    for part in e.path:
+      leaf = leaf[part]
+    for key, array in zip(e.torch_keys, e.to_torch(np.zeros(leaf.shape, np.float32))):
+      assert key in hf_shapes, key
+      want = hf_shapes[key]
+      if e.path[-2] in ("embed", "lm_head"):
+        want = (lm.vocab_size, *want[1:])  # OpenFlamingo resizes 50432 rows to 50280
+      assert array.shape == want, key
