@@ -17,7 +17,9 @@ def get_config(arg: str | None = None):
                         activation="relu" if a.family == "opt" else "gelu",
                         # The tiny LM is random, not pretrained: a unit-scale (frozen, tied) table
                         # lets the output logits reach a useful range.
-                        embed_init_std=1.0)
+                        embed_init_std=1.0,
+                        # QK-LayerNorm MPT, as mpt-1b: its checkpoints use MosaicGPT's names.
+                        checkpoint_naming="mosaicgpt" if a.family == "mpt" else "hf")
   c.model = common.model_config(lm, every_n_layers=1, train_special_embeddings=True)
   c.model.vision.update(image_size=64, patch_size=8, width=64, layers=2, heads=4, embed_dim=32)
   c.model.perceiver.update(depth=2, dim_head=16, heads=4, num_latents=8)

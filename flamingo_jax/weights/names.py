@@ -223,6 +223,9 @@ def lm_entries(lm: ml_collections.ConfigDict) -> list[Entry]:
   """The decoder LM, in its Hugging Face (or MosaicGPT) naming -> `frozen/lm`."""
   F, scheme = "frozen", naming_scheme(lm)
   names, model = _LAYER_NAMES[scheme], _MODEL_NAMES[scheme]
+  if lm.qk_layer_norm and "q_norm" not in names:
+    raise ValueError(f"{scheme} checkpoints have no QK LayerNorm; an MPT with qk_layer_norm uses "
+                     "checkpoint_naming='mosaicgpt'")
   h = lm.num_heads
   d = lm.hidden_size // h
   out = [_same((f"{model['embed']}.weight",), ("lm", "embed", "embedding"), F)]

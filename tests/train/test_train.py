@@ -179,3 +179,26 @@ def test_profiler_writes_a_trace(tmp_path):
     f(jnp.ones((64, 64))).block_until_ready()
     prof(step)
   assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_export_from_a_sharded_training_run(shards, tmp_path):
+  """A run sharded over 8 devices, exported by the CLI onto one host as a checkpoint.pt."""
+  import torch
+  from flamingo_jax.weights import orbax_io
+  cfg = _cfg(shards, num_steps=2)
+  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  cfg.checkpoint.every_steps = 2
+  base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(cfg.seed)))
+  orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, base)
+  cfg.checkpoint.base = str(tmp_path / "base")
+  result = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  out = subprocess.run([sys.executable, "-m", "flamingo_jax.convert", "export", f"--base={tmp_path / 'base'}",
+                        f"--train_workdir={tmp_path / 'run'}", f"--out={tmp_path / 'checkpoint.pt'}"],
+                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  sd = torch.load(tmp_path / "checkpoint.pt")
+  # (The perceiver gets no gradient while the gates are still closed; the gates do.)
+  trained = np.asarray(jax.device_get(result.state.params["xattn_0"]["ff_gate"]))
+  np.testing.assert_array_equal(
+      sd["lang_encoder.transformer.blocks.0.gated_cross_attn_layer.ff_gate"].numpy(), trained)
+  assert not np.array_equal(trained, np.asarray(base["params"]["xattn_0"]["ff_gate"]))
