@@ -9,6 +9,7 @@ len(tokenizer) = 50280). Export writes exactly the keys OpenFlamingo's released 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Iterable
 
 import flax.linen as nn
@@ -35,15 +36,24 @@ def _expected(model) -> dict:
   return nn.unbox(shapes.abstract_variables(_unrolled(model)))
 
 
+# Tensors a file may hold that the model does not need: tied output heads, attention-mask and
+# rotary buffers, and the duplicate registrations of OpenFlamingo's live modules.
+IGNORABLE = re.compile(r"(^|\.)(lm_head\.weight|attention\.(bias|masked_bias)|rotary_emb\.inv_freq)$"
+                       r"|\.decoder_layer\.|old_decoder_blocks|gated_cross_attn_layers|^vision_encoder\.")
+
+
 def _fill(variables: dict, entries: list[names.Entry], tensors: Iterable[tuple[str, np.ndarray]],
-          expected: dict, vocab: int) -> set[str]:
-  """Streams tensors into `variables` through `entries`; returns the torch keys used."""
+          expected: dict, vocab: int, source: str) -> set[str]:
+  """Streams tensors into `variables` through `entries`; returns the torch keys used. A tensor
+  that maps to nothing (and is not a known ignorable one) is an error: nothing is dropped silently."""
   by_key = {k: e for e in entries for k in e.torch_keys}
   pending: dict[int, dict[str, np.ndarray]] = {}
-  used = set()
-  for key, array in tensors:
-    key = _canonical(key, by_key)
+  used, unexpected = set(), []
+  for raw_key, array in tensors:
+    key = _canonical(raw_key, by_key)
     if key is None:
+      if not IGNORABLE.search(raw_key):
+        unexpected.append(raw_key)
       continue
     e = by_key[key]
     if e.path[-2] in VOCAB_TABLES and array.shape[0] > vocab:
@@ -60,6 +70,9 @@ def _fill(variables: dict, entries: list[names.Entry], tensors: Iterable[tuple[s
                                     f"as {'/'.join(e.path)}, the config expects {want}")
     _set(variables.setdefault(e.collection, {}), e.path, value)
     used.update(e.torch_keys)
+  if unexpected:
+    raise CheckpointMismatchError(f"{source}: {len(unexpected)} unexpected tensors, e.g. {unexpected[:8]} "
+                                  "(another model family, naming or variant?)")
   return used
 
 
@@ -85,7 +98,7 @@ def import_weights(config: ml_collections.ConfigDict, *, lm_dir: str | None = No
   variables: dict = {}
   if lm_dir:
     entries = names.lm_entries(model.lm)
-    used = _fill(variables, entries, readers.iter_hf_tensors(lm_dir), expected, model.lm.vocab_size)
+    used = _fill(variables, entries, readers.iter_hf_tensors(lm_dir), expected, model.lm.vocab_size, lm_dir)
     if _missing(entries, used):
       raise CheckpointMismatchError(f"{lm_dir}: {len(_missing(entries, used))} LM tensors missing, "
                                     f"e.g. {_missing(entries, used)[:5]} (wrong family or naming?)")
@@ -93,7 +106,7 @@ def import_weights(config: ml_collections.ConfigDict, *, lm_dir: str | None = No
     entries = names.vision_entries(model.vision)
     tensors = ((k.replace("visual.", "vision_encoder.", 1), v)
                for k, v in readers.iter_file_tensors(clip_path) if k.startswith("visual."))
-    used = _fill(variables, entries, tensors, expected, model.lm.vocab_size)
+    used = _fill(variables, entries, tensors, expected, model.lm.vocab_size, clip_path)
     if _missing(entries, used):
       raise CheckpointMismatchError(f"{clip_path}: vision tensors missing, e.g. {_missing(entries, used)[:5]}")
   if openflamingo_checkpoint:
@@ -121,7 +134,7 @@ def load_openflamingo_checkpoint(variables: dict, model, path: str, expected: di
   """Trainable parts (and the saved embedding tables) from an OpenFlamingo checkpoint.pt."""
   entries = _checkpoint_entries(model)
   tensors = ((k.removeprefix("module."), v) for k, v in readers.iter_file_tensors(path))
-  used = _fill(variables, entries, tensors, expected, model.lm.vocab_size)
+  used = _fill(variables, entries, tensors, expected, model.lm.vocab_size, path)
   trainable = [e for e in entries if e.collection == "params"]
   missing = _missing(trainable, used)
   if missing:
