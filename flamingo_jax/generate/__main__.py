@@ -1,0 +1,47 @@
+"""Answers an interleaved image-text prompt with a flamingo_jax base checkpoint.
+
+  python -m flamingo_jax.generate --checkpoint=/ckpt/of3b-base --image a.jpg --image b.jpg \
+      --prompt "<image>Output: two cats.<|endofchunk|><image>Output:" [--num_beams 3]
+
+Images are matched to the `<image>` tokens in order. Generation stops at `<|endofchunk|>`.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+import numpy as np
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Base checkpoint directory (convert import).")
+_IMAGES = flags.DEFINE_multi_string("image", [], "Image files, one per <image> token, in order.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Interleaved prompt with <image> tokens.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer dir (default: the checkpoint config's).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 20, "Tokens to generate at most.")
+_BEAMS = flags.DEFINE_integer("num_beams", 3, "Beam count (1 = greedy).")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 0.0, "Beam length penalty.")
+flags.mark_flags_as_required(["checkpoint", "prompt"])
+
+
+def main(argv):
+  del argv
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.data import image_preprocess, tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.generate import generate  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.weights import orbax_io  # pylint: disable=g-import-not-at-top
+  config, variables = orbax_io.load_base_checkpoint(_CHECKPOINT.value)
+  tok = tok_lib.load_tokenizer(_TOKENIZER.value or config.tokenizer_path)
+  ids = tok_lib.special_ids(tok)
+  n_media = _PROMPT.value.count(tok_lib.MEDIA_TOKEN)
+  if n_media != len(_IMAGES.value):
+    raise app.UsageError(f"The prompt has {n_media} <image> tokens but {len(_IMAGES.value)} --image files")
+  size = config.model.vision.image_size
+  pixels = [image_preprocess.clip_preprocess(Image.open(p).convert("RGB"), size) for p in _IMAGES.value]
+  vision_x = np.stack(pixels)[None, :, None] if pixels else np.zeros((1, 1, 1, size, size, 3), np.float32)
+  input_ids = np.asarray([tok(_PROMPT.value, add_special_tokens=False)["input_ids"]], np.int32)
+  out = generate(config.model, variables, vision_x, input_ids, np.ones_like(input_ids),
+                 max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
+                 length_penalty=_LENGTH_PENALTY.value, eos_token_ids=(ids["eoc"],),
+                 pad_token_id=ids["pad"])
+  print(tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=False).replace(tok_lib.PAD_TOKEN, ""))
+
+
+if __name__ == "__main__":
+  app.run(main)
