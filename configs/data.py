@@ -5,21 +5,33 @@ import ml_collections
 
 
 def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections.ConfigDict:
-  """LAION pairs and MMC4 documents; LAION's batch is twice MMC4's, as OpenFlamingo trains."""
+  """LAION pairs and MMC4 documents; LAION's batch is twice MMC4's, as OpenFlamingo trains.
+
+  `tiny=True` reads the synthetic shards (written on first use to `synthetic_dir`) with small
+  batches and lengths, and no flips: the synthetic captions say "left" and "right".
+  """
   c = ml_collections.ConfigDict()
   c.image_size = image_size
   c.seed = 42
-  c.workers = 4
-  c.max_skip_ratio = 0.9  # of the last 1000 samples; more skipped than this is an error
-  c.synthetic_dir = ""  # if set and empty, synthetic shards are written there first
+  c.workers = 4           # preprocessing processes per host (0: threads of this process only)
+  c.read_threads = 8      # reader/preprocessing threads in each process
+  c.random_flip = True    # as the reference: p=0.5 per LAION batch, per MMC4 document
+  c.max_skip_ratio = 0.9  # of recent samples; more skipped than this is an error, not a hang
+  c.synthetic_dir = ""    # if set and it holds no shards, synthetic shards are written there first
+  # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://.
   c.laion = ml_collections.ConfigDict(dict(shards="", batch_size=64, max_tokens=32))
   c.mmc4 = ml_collections.ConfigDict(dict(
-      shards="", batch_size=32, max_tokens=256, max_images=6, sim_threshold=0.24, min_images=1,
+      shards="", batch_size=32, max_tokens=256, max_images=6,
+      sim_threshold=0.24,      # the README's value; the reference's CLI default (30) drops all
+      min_images=1,
       min_image_bytes=11_000,  # the reference skips images with len(bytes) // 1000 <= 10
-      matching="argmax"))      # 'argmax' (released models) | 'one_to_one'
+      matching="argmax"))      # 'argmax' (released models, <= 2.0.1) | 'one_to_one' (main)
   if tiny:
+    c.image_size = 64
     c.synthetic_dir = "runs/synthetic_shards"
     c.workers = 0
+    c.read_threads = 4
+    c.random_flip = False
     c.laion.update(shards="runs/synthetic_shards/laion-*.tar", batch_size=16, max_tokens=16)
     c.mmc4.update(shards="runs/synthetic_shards/mmc4-*.tar", batch_size=8, max_tokens=48,
                   max_images=3)

@@ -2,10 +2,13 @@
 `<|endoftext|>` as id 0 (EOS, as GPT-NeoX) and 509 tokens in all, so that OpenFlamingo's added
 tokens get ids 509, 510, 511.
 
-  python -m flamingo_jax.data.build_tiny_tokenizer
+  python -m flamingo_jax.data.build_tiny_tokenizer [--out DIR]
+
+Training is deterministic: rebuilding gives the committed files byte for byte (tested).
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 import tokenizers
@@ -36,5 +39,11 @@ def build(out: str = DEFAULT_DIR) -> str:
   return out
 
 
+def main() -> None:
+  parser = argparse.ArgumentParser(description="Build the tiny config's BPE tokenizer.")
+  parser.add_argument("--out", default=DEFAULT_DIR)
+  print(f"saved to {build(parser.parse_args().out)}")
+
+
 if __name__ == "__main__":
-  print(f"saved to {build()}")
+  main()

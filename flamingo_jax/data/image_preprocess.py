@@ -17,7 +17,7 @@ Image.MAX_IMAGE_PIXELS = 1_000_000_000  # as the reference: large web images are
 
 
 def decode(data: bytes) -> Image.Image:
-  """Encoded bytes -> RGB PIL image (raises on undecodable data)."""
+  """Encoded bytes -> RGB PIL image (raises on undecodable data; PIL raises many types)."""
   img = Image.open(io.BytesIO(data))
   img.load()
   return img.convert("RGB")
@@ -35,3 +35,8 @@ def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
   img = img.crop((left, top, left + size, top + size)).convert("RGB")
   x = np.asarray(img, np.float32) / 255.0
   return (x - CLIP_MEAN) / CLIP_STD
+
+
+def hflip(images: np.ndarray) -> np.ndarray:
+  """Mirrors channel-last images (..., H, W, C) left-right, as torchvision's horizontal flip."""
+  return np.ascontiguousarray(images[..., ::-1, :])

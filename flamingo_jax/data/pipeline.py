@@ -1,92 +1,110 @@
 """Grain pipelines from WebDataset shards to fixed-shape training batches.
 
-Per dataset: random-access tar source -> this process's disjoint slice -> seeded shuffle ->
-repeat -> preprocess (in worker processes when `workers > 0`) -> drop and count skipped samples ->
-batch. The iterators are Grain `DatasetIterator`s: `get_state()`/`set_state()` resume exactly, and
-the same seed gives the same batches whatever the number of workers.
+Per dataset: this process's shards -> random-access tar source -> (its every n-th sample if there
+are fewer shards than processes) -> seeded shuffle, reshuffled every epoch -> repeat ->
+preprocess (in worker processes when `workers > 0`) -> drop and count skipped samples -> batch
+-> (LAION) one random flip per batch. The iterators are Grain `DatasetIterator`s:
+`get_state()`/`set_state()` resume exactly, and a seed gives the same batches whatever the number
+of workers.
+
+Batch contract (numpy, per process): images float32 [B, N, 1, H, W, 3] (channel-last, CLIP
+normalised), image_mask bool [B, N], input_ids / attention_mask / labels int32 [B, L]; labels are
+unshifted with -100 where ignored. N is 1 for LAION and `mmc4.max_images` for MMC4.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import glob
 import os
-from typing import Callable
 
 import grain
 import ml_collections
 import numpy as np
 
-from flamingo_jax.data import samples
+from flamingo_jax.data import laion, mmc4
+from flamingo_jax.data.shards import expand_shards, process_shards
+from flamingo_jax.data.skips import Skip, SkipCounter
 from flamingo_jax.data.tar_source import TarShardSource
+from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import special_ids
 
+__all__ = ["DATASETS", "Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
+           "ensure_synthetic_shards", "first_batches", "local_source"]
 
-class SkipCounter:
-  """Counts dropped samples by dataset and reason (read by the trainer's metrics)."""
-
-  def __init__(self):
-    self.counts: collections.Counter = collections.Counter()
-
-  def keep(self, dataset: str, sample) -> bool:
-    if isinstance(sample, samples.Skip):
-      self.counts[f"{dataset}/{sample.reason}"] += 1
-      return False
-    return True
+DATASETS = ("laion", "mmc4")
 
 
-def expand_shards(pattern: str) -> list[str]:
-  """A glob (local) or comma-separated list of shard paths."""
-  paths = []
-  for part in pattern.split(","):
-    part = part.strip()
-    matched = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-    paths.extend(matched)
-  if not paths:
-    raise FileNotFoundError(f"No shards match {pattern!r}")
-  return paths
+class _Preprocess:
+  """The per-sample function of one dataset; a plain object so it pickles to worker processes."""
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, tok):
+    ids = special_ids(tok)
+    self._encoder = TextEncoder(tok)
+    if name == "laion":
+      self._fn = functools.partial(laion.preprocess, image_size=cfg.image_size,
+                                   max_tokens=cfg.laion.max_tokens, media_id=ids["media"])
+    elif name == "mmc4":
+      m = cfg.mmc4
+      mmc4.match_images(np.zeros((1, 1)), m.matching)  # a bad name fails here, not in a worker
+      self._fn = functools.partial(
+          mmc4.preprocess, image_size=cfg.image_size, max_tokens=m.max_tokens,
+          max_images=m.max_images, sim_threshold=m.sim_threshold, min_images=m.min_images,
+          min_image_bytes=m.min_image_bytes, matching=m.matching, random_flip=cfg.random_flip,
+          media_id=ids["media"], eoc_id=ids["eoc"])
+    else:
+      raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}")
+    self._name = name
+
+  def __call__(self, record: dict, rng: np.random.Generator):
+    if self._name == "laion":
+      return self._fn(record, self._encoder)
+    return self._fn(record, self._encoder, rng)
 
 
-def _preprocess_fn(name: str, cfg: ml_collections.ConfigDict, tok) -> Callable:
-  ids = special_ids(tok)
-  if name == "laion":
-    fn = functools.partial(samples.laion, tok=tok, image_size=cfg.image_size,
-                           max_tokens=cfg.laion.max_tokens, media_id=ids["media"])
-    return lambda record, rng: fn(record)
-  fn = functools.partial(samples.mmc4, tok=tok, image_size=cfg.image_size,
-                         max_tokens=cfg.mmc4.max_tokens, max_images=cfg.mmc4.max_images,
-                         sim_threshold=cfg.mmc4.sim_threshold, min_images=cfg.mmc4.min_images,
-                         min_image_bytes=cfg.mmc4.min_image_bytes, matching=cfg.mmc4.matching,
-                         media_id=ids["media"])
-  return lambda record, rng: fn(record, seed=int(rng.integers(2**31)))
+def local_source(name: str, cfg: ml_collections.ConfigDict, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """This process's disjoint part of a dataset's raw records ({"__key__", ext: bytes, ...})."""
+  paths, slice_samples = process_shards(expand_shards(cfg[name].shards), process_index, process_count)
+  ds = grain.MapDataset.source(TarShardSource(paths))
+  return ds[process_index::process_count] if slice_samples else ds
 
 
 def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCounter, *,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The batched Grain dataset for 'laion' or 'mmc4' (per-process batch size)."""
-  sub = cfg[name]
-  source = TarShardSource(expand_shards(sub.shards))
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.shuffle(seed=cfg.seed).repeat()
-  ds = ds.random_map(_preprocess_fn(name, cfg, tok), seed=cfg.seed + (1 if name == "mmc4" else 0))
-  it = ds.to_iter_dataset()
+  """The batched, infinite Grain dataset for 'laion' or 'mmc4' (per-process batch size)."""
+  batch_size = cfg[name].batch_size
+  if batch_size % process_count:
+    raise ValueError(f"{name} batch size {batch_size} is not divisible by {process_count} processes")
+  seed = cfg.seed + DATASETS.index(name)
+  ds = local_source(name, cfg, process_index, process_count)
+  ds = ds.shuffle(seed=seed).repeat()  # shuffle first: Grain reshuffles each epoch
+  ds = ds.random_map(_Preprocess(name, cfg, tok), seed=seed)
+  local = batch_size // process_count
+  # Bounded read-ahead: a preprocessed MMC4 sample is megabytes, Grain's default buffer 500.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                            prefetch_buffer_size=max(2 * local, 8)))
   if cfg.workers > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.workers))
-  it = it.filter(functools.partial(counter.keep, name))
-  # A dataset whose samples are (nearly) all bad raises instead of spinning forever.
+  it = it.filter(functools.partial(counter.keep, name))  # in this process: one counter for all
+  # A dataset whose samples are (nearly) all bad raises, naming the ratio, instead of spinning.
   it = grain.experimental.WithOptionsIterDataset(
       it, grain.experimental.DatasetOptions(filter_raise_threshold_ratio=cfg.max_skip_ratio))
-  if sub.batch_size % process_count:
-    raise ValueError(f"{name} batch size {sub.batch_size} not divisible by {process_count} processes")
-  return it.batch(sub.batch_size // process_count, drop_remainder=True)
+  it = it.batch(local, drop_remainder=True)
+  if name == "laion" and cfg.random_flip:
+    it = it.random_map(laion.flip_batch, seed=seed)
+  return it
 
 
 def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: int = 0,
                          process_count: int = 1) -> tuple[dict[str, grain.DatasetIterator], SkipCounter]:
-  """{'laion': iterator, 'mmc4': iterator} of process-local batches, and their skip counter."""
+  """{'laion': iterator, 'mmc4': iterator} of this process's batches, and their skip counter.
+
+  `cfg` is the config's `data` field (configs/data.py). Each process reads a disjoint part of the
+  shards; the iterators' `get_state()`/`set_state()` go into checkpoints.
+  """
   counter = SkipCounter()
   iters = {name: iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
-                                   process_count=process_count)) for name in ("laion", "mmc4")}
+                                   process_count=process_count)) for name in DATASETS}
   return iters, counter
 
 
@@ -97,9 +115,9 @@ def ensure_synthetic_shards(cfg: ml_collections.ConfigDict) -> None:
   if not glob.glob(os.path.join(cfg.synthetic_dir, "*.tar")):
     from flamingo_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     print(f"Writing synthetic shards to {cfg.synthetic_dir} ...", flush=True)
-    synthetic.write_shards(cfg.synthetic_dir, image_size=max(128, cfg.image_size), seed=cfg.seed)
+    synthetic.write_shards(cfg.synthetic_dir, image_size=cfg.image_size, seed=cfg.seed)
 
 
-def first_batches(iters, n: int = 1) -> list[dict[str, dict[str, np.ndarray]]]:
+def first_batches(iters: dict, n: int = 1) -> list[dict[str, dict[str, np.ndarray]]]:
   """Convenience for tests and benchmarks: the next n batches of each iterator."""
   return [{name: next(it) for name, it in iters.items()} for _ in range(n)]

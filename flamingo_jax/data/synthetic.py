@@ -4,7 +4,7 @@ Each image shows 1-3 shapes of one colour and kind in one region; its caption sa
 ("two red circles on the left"), so only a model that looks can predict it. MMC4 documents
 interleave several such images with their sentences and unrelated filler sentences, with a CLIP-like
 similarity matrix. A few samples are deliberately broken (undecodable image, missing field, empty
-text) to exercise the skip-and-count path.
+text, invalid JSON) to exercise the skip-and-count path. Deterministic for a seed.
 
   python -m flamingo_jax.data.synthetic --out runs/synthetic_shards
 """
@@ -31,10 +31,12 @@ FILLER = ("the weather was nice that day", "we went home after lunch",
 
 
 def draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
-  """A noisy-background image with shapes, and its caption."""
+  """A noisy-background image with 1-3 shapes of one colour and kind in one region, and its
+  caption, e.g. "two red circles on the left"."""
   color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
   region, count = rng.choice(list(REGIONS)), int(rng.integers(1, 4))
-  noise = rng.integers(170, 256, size=(size, size, 3), dtype=np.uint8)  # texture keeps JPEGs > 11 KB
+  # Noise keeps the JPEGs above the reference's 11 KB image filter at 64 px.
+  noise = rng.integers(150, 256, size=(size, size, 3), dtype=np.uint8)
   img = Image.fromarray(noise)
   d = ImageDraw.Draw(img)
   x0, y0, x1, y1 = (int(v * size) for v in REGIONS[region])
@@ -53,9 +55,10 @@ def draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
   return img, f"{COUNTS[count - 1]} {color} {shape}{plural} on the {region}"
 
 
-def jpeg(img: Image.Image) -> bytes:
+def jpeg(img: Image.Image, quality: int = 100) -> bytes:
+  """JPEG bytes; full quality without chroma subsampling by default (large files on purpose)."""
   buf = io.BytesIO()
-  img.save(buf, format="JPEG", quality=95)
+  img.save(buf, format="JPEG", quality=quality, subsampling=0)
   return buf.getvalue()
 
 
@@ -67,12 +70,14 @@ def _stem(path: str) -> str:
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
   info = tarfile.TarInfo(name)
   info.size = len(data)
+  info.mtime = 0  # byte-identical shards for a seed
   tar.addfile(info, io.BytesIO(data))
 
 
 def laion_shard(path: str, rng: np.random.Generator, samples: int, size: int, broken: bool) -> None:
-  """One LAION-format shard: `{key}.jpg` + `{key}.txt` pairs."""
-  with tarfile.open(path, "w") as tar:
+  """One LAION-format shard: `{key}.jpg` + `{key}.txt` pairs. If `broken`, samples 1-3 have an
+  undecodable image, a blank caption and no image."""
+  with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
     for i in range(samples):
       key = f"{_stem(path)}_{i:06d}"
       img, caption = draw(rng, size)
@@ -81,54 +86,73 @@ def laion_shard(path: str, rng: np.random.Generator, samples: int, size: int, br
         data = b"not a jpeg"
       if broken and i == 2:
         text = "   "
-      if broken and i == 3:
-        _add(tar, f"{key}.txt", text.encode())  # no image at all
-        continue
-      _add(tar, f"{key}.jpg", data)
+      if not (broken and i == 3):  # sample 3 of a broken shard has no image at all
+        _add(tar, f"{key}.jpg", data)
       _add(tar, f"{key}.txt", text.encode())
 
 
+def _b64(data: bytes) -> str:
+  return base64.b64encode(data).decode()
+
+
 def mmc4_document(rng: np.random.Generator, size: int) -> dict:
-  """One MMC4-format document: sentences, base64 images and an image x sentence similarity."""
-  n_images = int(rng.integers(1, 4))
-  captions, images = [], []
-  for _ in range(n_images):
-    img, caption = draw(rng, size)
-    images.append(img)
-    captions.append(caption)
+  """One MMC4-format document: sentences, base64 JPEGs and an images x sentences similarity.
+
+  1-3 pictures each have a caption sentence (similarity 0.26-0.35, else 0.05-0.15) between filler
+  sentences. `image_info` lists them in a shuffled order, so image order differs from sentence
+  order. Sometimes there is also an off-topic picture (below the 0.24 threshold everywhere) or a
+  small one (< 11 KB, which the size filter drops although it matches a sentence).
+  """
+  size = max(size, 64)
+  n = int(rng.integers(1, 4))
+  drawn = [draw(rng, size) for _ in range(n)]
   text_list, match = [], []
-  for caption in captions:
+  for _, caption in drawn:
     if rng.random() < 0.5:
       text_list.append(str(rng.choice(FILLER)))
     match.append(len(text_list))
     text_list.append(caption)
   text_list.append(str(rng.choice(FILLER)))
-  sim = rng.uniform(0.05, 0.15, size=(n_images, len(text_list)))
-  for i, j in enumerate(match):
-    sim[i, j] = rng.uniform(0.26, 0.35)
-  info = [{"image_name": f"img{i}.jpg", "image_base64": base64.b64encode(jpeg(img)).decode(),
-           "matched_text_index": match[i], "matched_sim": float(sim[i, match[i]])}
-          for i, img in enumerate(images)]
-  return {"text_list": text_list, "image_info": info, "similarity_matrix": sim.tolist()}
+  images = [jpeg(img) for img, _ in drawn]
+  sims = [np.full(len(text_list), 0.1) for _ in drawn]
+  for row, j in zip(sims, match):
+    row[j] = 0.3
+  if rng.random() < 0.2:  # off-topic picture
+    images.append(jpeg(draw(rng, size)[0]))
+    sims.append(np.full(len(text_list), 0.1))
+  if rng.random() < 0.2:  # too small to keep, although it matches a caption
+    images.append(jpeg(draw(rng, 32)[0], quality=60))
+    sims.append(np.where(np.arange(len(text_list)) == match[0], 0.3, 0.1))
+  sim = np.stack(sims) + rng.uniform(-0.04, 0.05, size=(len(images), len(text_list)))
+  order = rng.permutation(len(images))
+  info = [{"image_name": f"img{k}.jpg", "image_base64": _b64(images[k]),
+           "matched_text_index": int(sim[k].argmax()), "matched_sim": float(sim[k].max())}
+          for k in order]
+  return {"text_list": text_list, "image_info": info, "similarity_matrix": sim[order].tolist()}
 
 
 def mmc4_shard(path: str, rng: np.random.Generator, samples: int, size: int, broken: bool) -> None:
-  """One MMC4-format shard: a `{key}.json` document per sample."""
-  with tarfile.open(path, "w") as tar:
+  """One MMC4-format shard: a `{key}.json` document per sample. If `broken`, samples 1-3 have an
+  undecodable (but large enough) image, no `text_list`, and invalid JSON."""
+  with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
     for i in range(samples):
       key = f"{_stem(path)}_{i:06d}"
       doc = mmc4_document(rng, size)
       if broken and i == 1:
-        doc["image_info"][0]["image_base64"] = base64.b64encode(b"x" * 12000).decode()
-        doc["image_info"] = doc["image_info"][:1]
+        doc["image_info"] = [dict(doc["image_info"][0], image_base64=_b64(b"x" * 12000))]
+        doc["similarity_matrix"] = [[0.3] * len(doc["text_list"])]
       if broken and i == 2:
         del doc["text_list"]
-      _add(tar, f"{key}.json", json.dumps(doc).encode())
+      data = json.dumps(doc).encode()
+      if broken and i == 3:
+        data = data[:len(data) // 2]
+      _add(tar, f"{key}.json", data)
 
 
-def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4,
-                 samples_per_shard: int = 64, image_size: int = 128, seed: int = 0) -> dict[str, list[str]]:
-  """Writes `out/laion-*.tar` and `out/mmc4-*.tar`; shard 0 of each holds broken samples."""
+def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4, samples_per_shard: int = 64,
+                 image_size: int = 64, seed: int = 0) -> dict[str, list[str]]:
+  """Writes `out/laion-NNNNN.tar` and `out/mmc4-NNNNN.tar` (shard 0 of each holds broken samples);
+  returns their paths. The same arguments give byte-identical files."""
   os.makedirs(out, exist_ok=True)
   paths = {"laion": [], "mmc4": []}
   for kind, count, write in (("laion", laion_shards, laion_shard), ("mmc4", mmc4_shards, mmc4_shard)):
@@ -136,7 +160,7 @@ def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4,
       path = os.path.join(out, f"{kind}-{s:05d}.tar")
       rng = np.random.default_rng([seed, s, kind == "mmc4"])
       write(path + ".tmp", rng, samples_per_shard, image_size, broken=s == 0)
-      os.replace(path + ".tmp", path)
+      os.replace(path + ".tmp", path)  # a shard is whole or absent
       paths[kind].append(path)
   return paths
 
@@ -158,7 +182,7 @@ def main() -> None:
   parser.add_argument("--laion-shards", type=int, default=4)
   parser.add_argument("--mmc4-shards", type=int, default=4)
   parser.add_argument("--samples-per-shard", type=int, default=64)
-  parser.add_argument("--image-size", type=int, default=128)
+  parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   a = parser.parse_args()
   paths = write_shards(a.out, laion_shards=a.laion_shards, mmc4_shards=a.mmc4_shards,

@@ -7,6 +7,7 @@ Paths may be local or anything `etils.epath` opens (e.g. gs://).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import tarfile
@@ -38,13 +39,16 @@ def _split_name(name: str) -> tuple[str, str] | None:
 class TarShardSource:
   """A Grain random-access data source: record i -> {"__key__": key, ext: bytes, ...}."""
 
-  def __init__(self, shards: Sequence[str]):
+  def __init__(self, shards: Sequence[str], index_threads: int = 16):
+    """Indexes `shards` (threads overlap the header reads, which dominate on remote storage)."""
     if not shards:
       raise ValueError("No shards given")
     self._shards = [str(s) for s in shards]
     self._index: list[tuple[int, str, tuple[_Member, ...]]] = []
-    for shard_id, shard in enumerate(self._shards):
-      self._index.extend((shard_id, key, members) for key, members in self._scan(shard))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(index_threads, len(self._shards)))) as pool:
+      scanned = pool.map(lambda s: list(self._scan(s)), self._shards)
+      for shard_id, groups in enumerate(scanned):
+        self._index.extend((shard_id, key, members) for key, members in groups)
 
   @staticmethod
   def _scan(shard: str):

@@ -10,7 +10,7 @@ MEDIA_TOKEN = "<image>"
 PAD_TOKEN = "<PAD>"
 
 
-def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
+def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerFast:
   """Loads a local HF tokenizer and adds `<|endofchunk|>`, `<image>` (in that order) and, if it
   has none, the pad token `<PAD>`, exactly as OpenFlamingo's factory does."""
   if not os.path.isdir(path):

@@ -1,104 +1,97 @@
-"""The input pipeline: tokenizer ids, synthetic shards through Grain, determinism, exact resume,
-disjoint per-process reading, bad samples skipped and counted, label masking."""
-import os
+"""Synthetic shards through the Grain pipeline: the batch contract, determinism with and without
+worker processes, exact resume, disjoint per-process reading, bad data counted or named."""
+import io
+import tarfile
 
 import numpy as np
 import pytest
 
-from configs import tiny
-from flamingo_jax.data import labels, pipeline, samples, synthetic, tokenizer
+from flamingo_jax.data import image_preprocess, pipeline, shards as shards_lib, tokenizer
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("shards"))
-  synthetic.write_shards(out, laion_shards=2, mmc4_shards=2, samples_per_shard=24, seed=0)
-  return out
-
-
-@pytest.fixture(scope="module")
-def tok():
-  return tokenizer.load_tokenizer(tiny.get_config().tokenizer_path)
-
-
-def _cfg(shards, seed=0):
-  c = tiny.get_config().data.copy_and_resolve_references()
-  c.synthetic_dir = ""
-  c.seed = seed
-  c.laion.shards = os.path.join(shards, "laion-*.tar")
-  c.mmc4.shards = os.path.join(shards, "mmc4-*.tar")
-  c.laion.batch_size, c.mmc4.batch_size = 4, 2
-  return c
-
-
-def test_tokenizer_ids_follow_openflamingo_order(tok):
-  cfg = tiny.get_config()
-  ids = tokenizer.special_ids(tok)
-  assert (ids["eoc"], ids["media"], ids["pad"]) == (cfg.model.eoc_token_id, cfg.model.media_token_id,
-                                                    cfg.model.pad_token_id)
-  assert len(tok) == cfg.model.lm.vocab_size and ids["eos"] == 0
-
-
-def test_batches_have_the_contract_shapes(shards, tok):
-  iters, counter = pipeline.make_train_iterators(_cfg(shards), tok)
-  b = pipeline.first_batches(iters)[0]
-  size = tiny.get_config().data.image_size
-  assert b["laion"]["images"].shape == (4, 1, 1, size, size, 3)
-  assert b["mmc4"]["images"].shape == (2, 3, 1, size, size, 3)
-  for name, length in (("laion", 16), ("mmc4", 48)):
-    for key in ("input_ids", "attention_mask", "labels"):
-      assert b[name][key].shape == (b[name]["images"].shape[0], length)
-      assert b[name][key].dtype == np.int32
-  media = tokenizer.special_ids(tok)["media"]
-  # Every <image> token has an image slot and image_mask agrees with the count.
-  n_media = (b["mmc4"]["input_ids"] == media).sum(1)
-  np.testing.assert_array_equal(n_media, b["mmc4"]["image_mask"].sum(1))
-
-
-def test_same_seed_same_batches_whatever_the_workers(shards, tok):
-  a = pipeline.first_batches(pipeline.make_train_iterators(_cfg(shards), tok)[0], 2)
-  cfg = _cfg(shards)
-  cfg.workers = 2
-  b = pipeline.first_batches(pipeline.make_train_iterators(cfg, tok)[0], 2)
-  for x, y in zip(a, b):
+def _assert_same(a, b):
+  for x, y in zip(a, b, strict=True):
     for name in x:
       for key in x[name]:
-        np.testing.assert_array_equal(x[name][key], y[name][key])
-  c = pipeline.first_batches(pipeline.make_train_iterators(_cfg(shards, seed=1), tok)[0], 1)
+        np.testing.assert_array_equal(x[name][key], y[name][key], err_msg=f"{name}/{key}")
+
+
+def test_batches_follow_the_contract(make_cfg, tok):
+  cfg = make_cfg()
+  iters, _ = pipeline.make_train_iterators(cfg, tok)
+  b = pipeline.first_batches(iters)[0]
+  size, ids = cfg.image_size, tokenizer.special_ids(tok)
+  for name, n_img, length, batch in (("laion", 1, 16, 4), ("mmc4", 3, 48, 2)):
+    x = b[name]
+    assert x["images"].shape == (batch, n_img, 1, size, size, 3) and x["images"].dtype == np.float32
+    assert x["image_mask"].shape == (batch, n_img) and x["image_mask"].dtype == bool
+    for key in ("input_ids", "attention_mask", "labels"):
+      assert x[key].shape == (batch, length) and x[key].dtype == np.int32, key
+    n_media = (x["input_ids"] == ids["media"]).sum(1)
+    np.testing.assert_array_equal(n_media, x["image_mask"].sum(1))  # one slot per <image>
+    assert np.all(np.abs(x["images"][x["image_mask"]]).sum((1, 2, 3, 4)) > 0)
+    assert not np.any(x["images"][~x["image_mask"]])  # unused slots are zero
+    pad = x["input_ids"] == ids["pad"]
+    np.testing.assert_array_equal(pad, x["attention_mask"] == 0)
+    assert np.all(x["labels"][pad] == -100) and np.all(x["labels"][x["input_ids"] == ids["media"]] == -100)
+
+
+def test_same_seed_same_batches_whatever_the_workers(make_cfg, tok):
+  a = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 3)
+  b = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(workers=2), tok)[0], 3)
+  _assert_same(a, b)
+  c = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(seed=1), tok)[0], 1)
   assert not np.array_equal(a[0]["laion"]["input_ids"], c[0]["laion"]["input_ids"])
 
 
-def test_restored_iterator_continues_exactly(shards, tok):
-  iters, _ = pipeline.make_train_iterators(_cfg(shards), tok)
-  pipeline.first_batches(iters, 2)
+def test_restored_iterator_continues_exactly(make_cfg, tok):
+  iters, _ = pipeline.make_train_iterators(make_cfg(), tok)
+  pipeline.first_batches(iters, 3)
   state = {k: it.get_state() for k, it in iters.items()}
-  expected = pipeline.first_batches(iters, 2)
-  fresh, _ = pipeline.make_train_iterators(_cfg(shards), tok)
+  expected = pipeline.first_batches(iters, 3)
+  fresh, _ = pipeline.make_train_iterators(make_cfg(), tok)
   for k, it in fresh.items():
     it.set_state(state[k])
-  got = pipeline.first_batches(fresh, 2)
-  for x, y in zip(expected, got):
-    for name in x:
-      np.testing.assert_array_equal(x[name]["input_ids"], y[name]["input_ids"])
-      np.testing.assert_array_equal(x[name]["images"], y[name]["images"])
+  _assert_same(expected, pipeline.first_batches(fresh, 3))
 
 
-def test_processes_read_disjoint_samples(shards):
-  source = TarShardSource(pipeline.expand_shards(os.path.join(shards, "laion-*.tar")))
-  import grain
-  ds = grain.MapDataset.source(source)
-  keys = [set(r["__key__"] for r in ds[i::2]) for i in range(2)]
-  assert keys[0] and keys[1] and not keys[0] & keys[1]
-  assert len(keys[0] | keys[1]) == len(source)
+@pytest.mark.parametrize("count", [2, 3])  # whole shards per process; every n-th sample
+def test_processes_read_disjoint_parts(make_cfg, count):
+  cfg = make_cfg()
+  keys = [{r["__key__"] for r in pipeline.local_source("laion", cfg, i, count)} for i in range(count)]
+  everything = {r["__key__"] for r in pipeline.local_source("laion", cfg)}
+  assert all(keys) and sum(map(len, keys)) == len(everything) == len(set().union(*keys))
 
 
-def test_bad_samples_are_skipped_and_counted(shards, tok):
-  iters, counter = pipeline.make_train_iterators(_cfg(shards), tok)
-  pipeline.first_batches(iters, 40)  # > one pass over every shard, broken samples included
+def test_process_batches_differ(make_cfg, tok):
+  cfg = make_cfg()
+  a, b = (pipeline.first_batches(pipeline.make_train_iterators(cfg, tok, process_index=i, process_count=2)[0])
+          for i in range(2))
+  assert a[0]["laion"]["input_ids"].shape[0] == 2  # the per-process half of the batch
+  assert not np.array_equal(a[0]["laion"]["images"], b[0]["laion"]["images"])
+
+
+def test_bad_samples_are_skipped_and_counted(make_cfg, tok):
+  iters, counter = pipeline.make_train_iterators(make_cfg(), tok)
+  pipeline.first_batches(iters, 30)  # > one pass over every shard, broken samples included
   for reason in ("laion/undecodable_image", "laion/empty_text", "laion/missing_field",
-                 "mmc4/missing_field", "mmc4/no_valid_image"):
-    assert counter.counts[reason] >= 1, counter.counts
+                 "mmc4/undecodable_image", "mmc4/missing_field", "mmc4/bad_json",
+                 "mmc4/single_image_dropped"):
+    assert counter.counts[reason] >= 1, (reason, counter.counts)
+
+
+def test_laion_flips_whole_batches(make_cfg, tok):
+  plain = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 8)
+  cfg = make_cfg()
+  cfg.random_flip = True
+  flipped = pipeline.first_batches(pipeline.make_train_iterators(cfg, tok)[0], 8)
+  same = [np.array_equal(p["laion"]["images"], f["laion"]["images"]) for p, f in zip(plain, flipped)]
+  for p, f, s in zip(plain, flipped, same):
+    if not s:
+      np.testing.assert_array_equal(image_preprocess.hflip(p["laion"]["images"]), f["laion"]["images"])
+    np.testing.assert_array_equal(p["laion"]["input_ids"], f["laion"]["input_ids"])
+  assert any(same) and not all(same)
 
 
 def test_unreadable_shard_is_named(tmp_path):
@@ -106,44 +99,31 @@ def test_unreadable_shard_is_named(tmp_path):
   bad.write_bytes(b"this is not a tar file at all" * 100)
   with pytest.raises(ShardError, match="broken.tar"):
     TarShardSource([str(bad)])
+  with pytest.raises(ShardError, match="missing.tar"):
+    TarShardSource([str(tmp_path / "missing.tar")])
 
 
-def test_all_bad_data_raises_instead_of_hanging(tmp_path, tok):
-  out = tmp_path / "bad"
-  out.mkdir()
-  import tarfile, io
-  with tarfile.open(out / "laion-00000.tar", "w") as t:
+def test_shard_patterns(tmp_path):
+  for i in range(3):
+    (tmp_path / f"s-{i:03d}.tar").write_bytes(b"")
+  want = [str(tmp_path / f"s-{i:03d}.tar") for i in range(3)]
+  assert shards_lib.expand_shards(str(tmp_path / "s-{000..002}.tar")) == want
+  assert shards_lib.expand_shards(str(tmp_path / "s-*.tar")) == want
+  assert shards_lib.expand_shards(f"{want[2]}, {want[0]}") == [want[2], want[0]]
+  with pytest.raises(FileNotFoundError, match="nothing"):
+    shards_lib.expand_shards(str(tmp_path / "nothing-*.tar"))
+  with pytest.raises(FileNotFoundError, match="No shards given"):
+    shards_lib.expand_shards("")
+
+
+def test_all_bad_data_raises_instead_of_hanging(tmp_path, make_cfg, tok):
+  with tarfile.open(tmp_path / "laion-00000.tar", "w") as t:
     for i in range(50):
       info = tarfile.TarInfo(f"s{i}.txt")
       info.size = 3
       t.addfile(info, io.BytesIO(b"abc"))
-  cfg = _cfg(str(tmp_path))
-  cfg.laion.shards = str(out / "laion-*.tar")
+  cfg = make_cfg()
+  cfg.laion.shards = str(tmp_path / "laion-*.tar")
   cfg.max_skip_ratio = 0.5
-  counter = pipeline.SkipCounter()
-  with pytest.raises(ValueError, match="skipped"):
-    next(iter(pipeline.make_dataset("laion", cfg, tok, counter)))
-
-
-def test_label_masking_follows_the_reference_rules():
-  M, E, P = 9, 8, 7  # media, eoc, pad
-  ids = np.array([[1, 2, M, 3, 4, E, 5, M, 6, E, 0, P, P]])
-  mask = (ids != P).astype(np.int32)
-  got = labels.mmc4_labels(ids, mask, M, E)[0]
-  # before the first image, the image tokens, text between an eoc and the next image (5),
-  # and everything after the last eoc (EOS 0 and pads) are ignored; eoc tokens are trained.
-  want = [-100, -100, -100, 3, 4, E, -100, -100, 6, E, -100, -100, -100]
-  np.testing.assert_array_equal(got, want)
-  lab = labels.laion_labels(np.array([[M, 3, 4, E, 0, P]]), np.array([[1, 1, 1, 1, 1, 0]]), M)[0]
-  np.testing.assert_array_equal(lab, [-100, 3, 4, E, 0, -100])
-
-
-def test_clip_preprocess_matches_open_clip_transform():
-  import torch
-  from PIL import Image
-  from open_clip.transform import image_transform
-  from flamingo_jax.data.image_preprocess import clip_preprocess
-  img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
-  ours = clip_preprocess(img, 64)
-  theirs = image_transform(64, is_train=False)(img).numpy().transpose(1, 2, 0)
-  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  with pytest.raises(ValueError, match="skipped|filtered"):
+    next(iter(pipeline.make_dataset("laion", cfg, tok, pipeline.SkipCounter())))
