@@ -1,15 +1,20 @@
 """Base checkpoints: a model's full variables (trainable and frozen) plus its config, in Orbax.
 
-Layout: `DIR/config.json` (the ml_collections config) and `DIR/variables` (an Orbax PyTree with
-`params` and `frozen`, in the unrolled layout; scanned configs are converted on load). Written to
-`DIR.tmp` and renamed, so a base checkpoint is whole or absent.
+Layout of a base checkpoint directory DIR:
+  DIR/config.json   the ml_collections config (`to_json_best_effort`)
+  DIR/params/       Orbax PyTree (StandardCheckpointer) of the trainable tree
+  DIR/frozen/       Orbax PyTree of the frozen tree (vision tower, LM)
+Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) that the name maps use;
+`load_base_checkpoint` gives the scanned layout when the config asks for it. The directory is
+written under a temporary name and renamed, so a base checkpoint is whole or absent.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any
+import uuid
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -19,37 +24,96 @@ import orbax.checkpoint as ocp
 
 from flamingo_jax.models import layer_groups
 
+COLLECTIONS = ("params", "frozen")
+
+
+def check_absent(path: str) -> None:
+  if os.path.exists(path):
+    raise FileExistsError(f"{os.path.abspath(path)} exists; refusing to overwrite a checkpoint")
+
 
 def save_base_checkpoint(path: str, config: ml_collections.ConfigDict, variables: Any) -> None:
-  """Writes config and variables atomically to `path` (which must not exist)."""
+  """Writes config and variables ({"params", "frozen"}, either layout) atomically to `path`,
+  which must not exist."""
   path = os.path.abspath(path)
-  if os.path.exists(path):
-    raise FileExistsError(f"{path} exists; refusing to overwrite a checkpoint")
+  check_absent(path)
   variables = jax.device_get(nn.unbox(variables))
-  if config.model.scan_layers:
+  if "layers" in variables["params"]:
     variables = layer_groups.to_unrolled(variables, config.model)
-  tmp = path + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(tmp, "variables"), jax.tree_util.tree_map(np.asarray, variables))
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  os.replace(tmp, path)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with _writer() as checkpointer:
+      for name in COLLECTIONS:
+        tree = jax.tree_util.tree_map(np.asarray, variables[name])
+        checkpointer.save(os.path.join(tmp, name), args=ocp.args.PyTreeSave(tree))
+    os.replace(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_base_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, variables) from `save_base_checkpoint`'s layout; scanned if the config says so."""
-  path = os.path.abspath(path)
+def _writer() -> ocp.Checkpointer:
+  """A synchronous PyTree writer that adds no copy of the weights: Orbax by default deep-copies
+  host arrays (for asynchronous saves) and holds zstd buffers for every array at once, which
+  would triple the peak memory of a conversion; weights barely compress anyway."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False))
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
   config_file = os.path.join(path, "config.json")
   if not os.path.exists(config_file):
-    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {path}")
+    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {os.path.abspath(path)}")
   with open(config_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(path, "variables"))
-  if config.model.scan_layers:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], bool] | None = None,
+                         dtypes: dict[str, Any] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, variables) of a base checkpoint, as numpy arrays.
+
+  `select(collection, path)` restores only the leaves it accepts (unrolled layout then, as
+  stored); `dtypes` ({"params": ..., "frozen": ...}) casts while reading, so e.g. fp32 frozen
+  weights arrive as bf16 without an fp32 copy in memory. Without `select`, the layout is
+  scanned if the config says so.
+  """
+  path = os.path.abspath(path)
+  config = load_config(path)
+  variables = {}
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    for name in COLLECTIONS:
+      directory = os.path.join(path, name)
+      if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Base checkpoint {path} has no {name}/ item")
+      tree = checkpointer.metadata(directory).item_metadata.tree
+      leaves = {p: m for p, m in _leaves(tree) if select is None or select(name, p)}
+      if not leaves:
+        variables[name] = {}
+        continue
+      dtype = (dtypes or {}).get(name)
+      item, args = {}, {}
+      for p, meta in leaves.items():
+        _put(item, p, np.zeros((), meta.dtype))  # only its structure and type matter
+        _put(args, p, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.dtype(dtype) if dtype else None))
+      variables[name] = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=args, partial_restore=select is not None))
+  if select is None and config.model.scan_layers:
     variables = layer_groups.to_scanned(variables, config.model)
   return config, variables
+
+
+def _leaves(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _leaves(v, (*prefix, k))
+    else:
+      yield (*prefix, k), v
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+  for part in path[:-1]:
+    tree = tree.setdefault(part, {})
+  tree[path[-1]] = value

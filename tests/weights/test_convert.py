@@ -1,7 +1,9 @@
-"""Conversion: export loads into open_flamingo with the same logits; torch -> Flax -> torch is
-bitwise; HF directories stream in; bad input is a clear error with nothing written."""
+"""Conversion from the files users start from (HF LM directory, CLIP weights, checkpoint.pt)
+through an Orbax base checkpoint back to a checkpoint.pt: bitwise for every LM family and
+naming, loadable by open_flamingo with the same logits, streamed, dtype-aware, and strict."""
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,12 +11,14 @@ import torch
 
 from configs import common
 from flamingo_jax.models.flamingo import Flamingo
-from flamingo_jax.weights import convert, names
+from flamingo_jax.weights import convert, names, orbax_io, readers
 from flamingo_jax.weights import state_dict as sd_lib
+from flamingo_jax.weights.readers import UnreadableCheckpointError
 from flamingo_jax.weights.state_dict import CheckpointMismatchError
 from tests import reference_models as ref
+from tests.weights import released_files as files
 
-FAMILIES = [("opt", {}), ("gpt_neox", {"rotary_pct": 0.25}), ("mpt", {})]
+NEOX = {"rotary_pct": 0.25}
 
 
 def _config(family, **kw):
@@ -23,108 +27,205 @@ def _config(family, **kw):
   return c
 
 
-@pytest.mark.parametrize("family,kw", FAMILIES)
-def test_export_loads_into_reference_and_reproduces_logits(family, kw, tmp_path):
-  source = ref.build_reference(family, 2, seed=0, **kw)
-  cfg = _config(family, **kw)
-  variables = sd_lib.flamingo_to_flax(ref.state_dict_numpy(source), cfg.model)
-  path = str(tmp_path / "checkpoint.pt")
-  convert.save_checkpoint_pt(cfg, variables, path, neox_head_name="lm_head")  # transformers 5 here
-  target = ref.build_reference(family, 2, seed=1, **kw)  # different trainable weights
-  # The LM and vision weights come from the base models, as in OpenFlamingo; copy them over.
-  base = {k: v for k, v in source.state_dict().items()
-          if not k.startswith("perceiver.") and "gated_cross_attn" not in k}
-  target.load_state_dict(base, strict=False)
-  result = target.load_state_dict(torch.load(path), strict=False)
-  assert not result.unexpected_keys
-  flamingo_params = {n for n, _ in target.named_parameters()
-                     if n.startswith("perceiver.") or "gated_cross_attn_layer." in n}
-  assert not flamingo_params & set(result.missing_keys)
+def _stored(variables, entries):
+  """Flax variables -> {torch key: array} through the name map (the stored tensors, as torch)."""
+  return sd_lib.to_torch(variables, entries)
+
+
+# (family, LM kwargs, naming, what else the variant exercises)
+VARIANTS = {
+    "opt": ("opt", {}, "hf", dict(torchscript_clip=True, strip_prefix="model.")),
+    "gpt_neox": ("gpt_neox", NEOX, "hf", dict(training_dict=True, fmt="bin")),
+    "mpt": ("mpt", {}, "hf", {}),
+    "mpt-mosaicgpt": ("mpt", {"qk_layer_norm": True}, "mosaicgpt", {}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_released_files_to_orbax_to_checkpoint_pt(variant, tmp_path):
+  """torch -> Orbax -> torch is bitwise; for the HF namings the exported file, loaded into the
+  reference with strict=False, reproduces the JAX logits."""
+  family, kw, naming, extra = VARIANTS[variant]
+  source = ref.build_reference(family, 2, seed=0, **{k: v for k, v in kw.items() if k != "qk_layer_norm"})
+  cfg = _config(family, checkpoint_naming=naming, **kw)
+  lm_sd = files.lm_state_dict(source, family, naming, qk_layer_norm=kw.get("qk_layer_norm", False))
+  model_type = "mosaic_gpt" if naming == "mosaicgpt" else family
+  written = files.write_lm_dir(str(tmp_path / "lm"), lm_sd, model_type, extra_rows=3,
+                               fmt=extra.get("fmt", "safetensors"), strip_prefix=extra.get("strip_prefix", ""))
+  clip = files.write_clip(str(tmp_path / "clip.pt"), source, torchscript=extra.get("torchscript_clip", False))
+  released = files.write_openflamingo_pt(str(tmp_path / "of.pt"), source,
+                                         training_dict=extra.get("training_dict", False))
+
+  convert.import_checkpoint(cfg, str(tmp_path / "base"), lm_dir=str(tmp_path / "lm"),
+                            clip_path=str(tmp_path / "clip.pt"), openflamingo_checkpoint=str(tmp_path / "of.pt"))
+  assert sorted(os.listdir(tmp_path / "base")) == ["config.json", "frozen", "params"]
+  config, variables = orbax_io.load_base_checkpoint(str(tmp_path / "base"))
+
+  # The frozen towers, back in their source naming, are bitwise the files' tensors (vocab cut).
+  lm_back = _stored(variables, names.lm_entries(cfg.model.lm))
+  for key, value in lm_back.items():
+    want = written.get(key.removeprefix(extra.get("strip_prefix", "")), written.get(key.replace("lm_head.", "embed_out.")))
+    np.testing.assert_array_equal(value, want.numpy()[:value.shape[0]], err_msg=key)
+  vision_back = _stored(variables, names.vision_entries(cfg.model.vision))
+  assert len(vision_back) == len(clip)
+  for key, value in vision_back.items():
+    np.testing.assert_array_equal(value, clip[key.replace("vision_encoder.", "visual.", 1)].numpy(), err_msg=key)
+
+  # Export: exactly the released file's keys, bitwise.
+  neox_head = "lm_head" if family == "gpt_neox" else "embed_out"  # the live model's name here (transformers 5)
+  convert.export_checkpoint(str(tmp_path / "base"), str(tmp_path / "out.pt"), neox_head_name=neox_head)
+  exported = torch.load(tmp_path / "out.pt")
+  assert set(exported) == set(released) == files.released_keys(source)
+  for key in exported:
+    assert exported[key].dtype == torch.float32
+    np.testing.assert_array_equal(exported[key].numpy(), released[key].numpy(), err_msg=key)
+
+  if naming == "mosaicgpt":  # no PyTorch MosaicGPT to run
+    return
+  target = ref.build_reference(family, 2, seed=1, **kw)  # other trainable weights
+  base = {k: v for k, v in source.state_dict().items() if k not in released}
+  target.load_state_dict(base, strict=False)  # LM and vision come from their own files in OpenFlamingo
+  result = target.load_state_dict(exported, strict=False)
+  assert not result.unexpected_keys and not set(released) & set(result.missing_keys)
   vision, ids, mask = ref.sample_batch(np.random.default_rng(0))
   with torch.no_grad():
     theirs = target(ref.to_torch_images(vision), torch.from_numpy(ids),
                     attention_mask=torch.from_numpy(mask).bool()).logits.numpy()
-  ours = Flamingo(cfg.model).apply(variables, jnp.asarray(vision), jnp.asarray(ids), jnp.asarray(mask))
+  ours = Flamingo(config.model).apply(variables, jnp.asarray(vision), jnp.asarray(ids), jnp.asarray(mask))
   assert np.abs(np.asarray(ours) - theirs)[mask.astype(bool)].max() < 1e-4
 
 
-@pytest.mark.parametrize("family,kw,naming", [*[(f, k, "hf") for f, k in FAMILIES], ("mpt", {}, "mosaicgpt")])
-def test_round_trip_is_bitwise(family, kw, naming, tmp_path):
-  source = ref.build_reference(family, 2, **kw)
-  cfg = _config(family, checkpoint_naming=naming, **kw)
-  sd = ref.state_dict_numpy(source)
-  if naming == "mosaicgpt":  # MosaicGPT's code is not in transformers: rename an HF MPT's keys
-    hf, mosaic = names._LAYER_NAMES["hf_mpt"], names._LAYER_NAMES["mosaicgpt"]
-    for part in ("norm_1", "norm_2", "up", "down"):
-      sd = {k.replace(f".{hf[part]}.", f".{mosaic[part]}."): v for k, v in sd.items()}
-    sd = {k.replace("transformer.norm_f", "transformer.ln_f"): v for k, v in sd.items()}
-  variables = sd_lib.flamingo_to_flax(sd, cfg.model)
-  # The LM, in its own naming, through the HF-directory importer's mapping and back.
-  lm_sd = {names.hf_lm_key(k, family): v for k, v in sd.items() if k.startswith("lang_encoder.")}
-  lm_vars = sd_lib.to_flax(lm_sd, names.lm_entries(cfg.model.lm))
-  back = sd_lib.to_torch(lm_vars, names.lm_entries(cfg.model.lm))
-  for key, value in back.items():  # transformers 5 calls GPT-NeoX's embed_out lm_head
-    np.testing.assert_array_equal(value, lm_sd.get(key, lm_sd.get(key.replace("embed_out.", "lm_head."))),
-                                  err_msg=key)
-  # The checkpoint.pt keys: exported, written, read, imported, exported again.
-  first = convert.export_state_dict(cfg, variables)
-  torch.save({k: torch.from_numpy(v) for k, v in first.items()}, tmp_path / "a.pt")
-  restored = {}
-  convert.load_openflamingo_checkpoint(restored, cfg.model, str(tmp_path / "a.pt"), convert._expected(cfg.model))
-  restored["frozen"]["lm"] = {**variables["frozen"]["lm"], **restored["frozen"]["lm"]}
-  restored["frozen"]["vision"] = variables["frozen"]["vision"]
-  second = convert.export_state_dict(cfg, restored)
-  assert first.keys() == second.keys()
-  for key in first:
-    np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-  # Exactly the keys OpenFlamingo's filter would save from the live model.
-  live = {n for n, p in source.named_parameters() if n.startswith("perceiver.")
-          or "gated_cross_attn_layer." in n}
-  assert live <= set(first)
-
-
-def test_hf_directory_streams_in_sharded_safetensors_and_bin(tmp_path):
-  lm = ref.build_lm("gpt_neox", rotary_pct=0.25)
+def test_sharded_bf16_directory_into_bf16_frozen_weights_with_fresh_trainables(tmp_path):
+  """Sharded safetensors with an index, stored bf16 and kept bf16 (the config's frozen_dtype):
+  no fp32 detour, no rounding; trainable parts fresh, special rows from the LM's table."""
+  lm = ref.build_lm("gpt_neox", **NEOX)
   ref.perturb_(lm)
-  lm.save_pretrained(tmp_path / "st", max_shard_size="100KB")
-  assert len(list((tmp_path / "st").glob("*.safetensors"))) > 1
-  cfg = _config("gpt_neox", rotary_pct=0.25)
-  variables = convert.import_weights(cfg, lm_dir=str(tmp_path / "st"))
-  want = sd_lib.to_flax(ref.state_dict_numpy(lm), names.lm_entries(cfg.model.lm))
-  import jax
-  jax.tree_util.tree_map(np.testing.assert_array_equal, variables["frozen"]["lm"], want["frozen"]["lm"])
-  assert set(variables["params"]) >= {"perceiver", "xattn_1", "special_embeddings"}
+  lm.to(torch.bfloat16).save_pretrained(tmp_path / "lm", max_shard_size="100KB")
+  assert len(list((tmp_path / "lm").glob("*.safetensors"))) > 1
+  assert (tmp_path / "lm" / "model.safetensors.index.json").exists()
+  source = ref.build_reference("gpt_neox", 2, **NEOX)
+  files.write_clip(str(tmp_path / "clip.pt"), source)
+  cfg = _config("gpt_neox", **NEOX)
+  cfg.model.frozen_dtype = "bfloat16"
+  variables = convert.import_weights(cfg, lm_dir=str(tmp_path / "lm"), clip_path=str(tmp_path / "clip.pt"))
+  table = variables["frozen"]["lm"]["embed"]["embedding"]
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables["frozen"])} == {np.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables["params"])} == {np.dtype(np.float32)}
+  for key, value in _stored(variables, names.lm_entries(cfg.model.lm)).items():
+    want = lm.state_dict()[key.replace("embed_out.", "lm_head.")]
+    np.testing.assert_array_equal(value.view(np.int16), want.view(torch.int16).numpy(), err_msg=key)
+  np.testing.assert_array_equal(variables["params"]["special_embeddings"],
+                                np.asarray(table[[ref.EOC_ID, ref.MEDIA_ID]], np.float32))
+  assert float(np.abs(variables["params"]["xattn_1"]["attn_gate"]).max()) == 0.0  # gates start closed
 
 
-def test_wrong_variant_is_a_clear_error_and_writes_nothing(tmp_path):
+def test_bf16_frozen_table_exports_the_trained_rows_exactly(tmp_path):
+  """The trainable <image>/<|endofchunk|> rows are kept in fp32 even when the table is bf16."""
   source = ref.build_reference("mpt", 2)
+  released = files.write_openflamingo_pt(str(tmp_path / "of.pt"), source)
+  files.write_lm_dir(str(tmp_path / "lm"), files.lm_state_dict(source, "mpt"), "mpt")
+  files.write_clip(str(tmp_path / "clip.pt"), source)
   cfg = _config("mpt")
-  variables = sd_lib.flamingo_to_flax(ref.state_dict_numpy(source), cfg.model)
-  path = tmp_path / "a.pt"
-  convert.save_checkpoint_pt(cfg, variables, str(path))
-  other = _config("mpt")
-  other.model.xattn.every_n_layers = 1  # a checkpoint of another variant: blocks 0 and 2 missing
-  with pytest.raises(CheckpointMismatchError, match="gated_cross_attn_layer"):
-    convert.load_openflamingo_checkpoint({}, other.model, str(path), convert._expected(other.model))
+  cfg.model.frozen_dtype = "bfloat16"
+  convert.import_checkpoint(cfg, str(tmp_path / "base"), lm_dir=str(tmp_path / "lm"),
+                            clip_path=str(tmp_path / "clip.pt"), openflamingo_checkpoint=str(tmp_path / "of.pt"))
+  convert.export_checkpoint(str(tmp_path / "base"), str(tmp_path / "out.pt"))
+  key = "lang_encoder.transformer.wte.weight"
+  table, want = torch.load(tmp_path / "out.pt")[key], released[key]
+  rows = [ref.EOC_ID, ref.MEDIA_ID]
+  expected = want.to(torch.bfloat16).float()  # frozen rows: as stored (bf16)
+  expected[rows] = want[rows]                  # trained rows: exact
+  np.testing.assert_array_equal(table.numpy(), expected.numpy())
+
+
+def test_torchscript_clip_archive_reads_in_its_own_dtype(tmp_path):
+  source = ref.build_reference("opt", 2)
+  sd = files.write_clip(str(tmp_path / "ViT-L-14.pt"), source, torchscript=True, dtype=torch.float16)
+  got = dict(readers.iter_file_tensors(str(tmp_path / "ViT-L-14.pt")))
+  assert set(got) == {*sd, "logit_scale"}
+  for key, value in sd.items():
+    assert got[key].dtype == np.float16
+    np.testing.assert_array_equal(got[key], value.numpy(), err_msg=key)
+
+
+def _inputs(tmp_path, family="mpt", **kw):
+  source = ref.build_reference(family, 2, **kw)
+  files.write_lm_dir(str(tmp_path / "lm"), files.lm_state_dict(source, family), family)
+  files.write_clip(str(tmp_path / "clip.pt"), source)
+  files.write_openflamingo_pt(str(tmp_path / "of.pt"), source)
+  return dict(lm_dir=str(tmp_path / "lm"), clip_path=str(tmp_path / "clip.pt"),
+              openflamingo_checkpoint=str(tmp_path / "of.pt"))
+
+
+def test_bad_inputs_are_clear_errors_and_write_nothing(tmp_path):
+  inputs = _inputs(tmp_path)
+  out = str(tmp_path / "out" / "base")
+  os.makedirs(tmp_path / "out")
+
+  def fails(error, match, cfg=None, **changes):
+    with pytest.raises(error, match=match):
+      convert.import_checkpoint(cfg or _config("mpt"), out, **{**inputs, **changes})
+    assert os.listdir(tmp_path / "out") == []  # nothing half-written, no temp dirs left
+
+  every_layer = _config("mpt")
+  every_layer.model.xattn.every_n_layers = 1  # a checkpoint of another variant: blocks 0 and 2 missing
+  fails(CheckpointMismatchError, r"trainable tensors missing.*blocks\.0\.gated_cross_attn_layer", every_layer)
   wider = _config("mpt", hidden_size=96, num_heads=4)
-  with pytest.raises(CheckpointMismatchError, match="Shape mismatch"):
-    convert.load_openflamingo_checkpoint({}, wider.model, str(path), convert._expected(wider.model))
-  from flamingo_jax.weights.readers import UnreadableCheckpointError
+  fails(CheckpointMismatchError, r"shape mismatch for transformer\.\S+ is \(\d+, 64\), expected \(\d+, 96\)", wider)
   (tmp_path / "junk.pt").write_bytes(b"junk")
-  with pytest.raises(UnreadableCheckpointError, match="junk.pt"):
-    convert.load_openflamingo_checkpoint({}, cfg.model, str(tmp_path / "junk.pt"), convert._expected(cfg.model))
-  assert sorted(os.listdir(tmp_path)) == ["a.pt", "junk.pt"]
+  fails(UnreadableCheckpointError, "junk.pt", openflamingo_checkpoint=str(tmp_path / "junk.pt"))
+  fails(UnreadableCheckpointError, "nowhere.pt", clip_path=str(tmp_path / "nowhere.pt"))
+  torch.save({"visual.conv1.weight": torch.zeros(64, 3, 8, 8)}, tmp_path / "partial_clip.pt")
+  fails(CheckpointMismatchError, r"vision tensors missing.*class_embedding", clip_path=str(tmp_path / "partial_clip.pt"))
+  fails(CheckpointMismatchError, "model_type='mpt'.*'opt'", _config("opt"))  # another family's LM
+  os.remove(tmp_path / "lm" / "config.json")
+  fails(UnreadableCheckpointError, "No config.json")
+  (tmp_path / "lm" / "config.json").write_text("{}")  # no model_type: the keys tell
+  fails(CheckpointMismatchError, r"map to no variable.*transformer\.blocks", _config("opt"))
+  (tmp_path / "lm" / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00002.safetensors"}}')
+  fails(UnreadableCheckpointError, "model-00002.safetensors")
+  os.remove(tmp_path / "lm" / "model.safetensors.index.json")
+  # A tokenizer whose vocabulary does not line up with the config (the project's tiny one: 512).
+  tok_dir = os.path.join(os.path.dirname(convert.__file__), "..", "assets", "tiny_tokenizer")
+  fails(CheckpointMismatchError, r"len\(tokenizer\) = 512 but lm.vocab_size = 100", tokenizer_dir=tok_dir)
+  # An existing output is never overwritten.
+  os.makedirs(out)
+  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    convert.import_checkpoint(_config("mpt"), out, **inputs)
 
 
-def test_hf_directory_with_a_pytorch_bin_file(tmp_path):
-  lm = ref.build_lm("opt")
-  ref.perturb_(lm)
-  (tmp_path / "lm").mkdir()
-  torch.save(lm.state_dict(), tmp_path / "lm" / "pytorch_model.bin")
-  cfg = _config("opt")
-  variables = convert.import_weights(cfg, lm_dir=str(tmp_path / "lm"))
-  want = sd_lib.to_flax(ref.state_dict_numpy(lm), names.lm_entries(cfg.model.lm))
-  import jax
-  jax.tree_util.tree_map(np.testing.assert_array_equal, variables["frozen"]["lm"], want["frozen"]["lm"])
-  with pytest.raises(CheckpointMismatchError, match="unexpected tensors"):
-    convert.import_weights(_config("mpt"), lm_dir=str(tmp_path / "lm"))  # another family's weights
+def test_checkpoint_pt_tables_must_match_the_vocabulary(tmp_path):
+  """Unlike the LM's own files, a checkpoint.pt with other table sizes is another tokenizer."""
+  inputs = _inputs(tmp_path)
+  sd = torch.load(inputs["openflamingo_checkpoint"])
+  sd["lang_encoder.transformer.wte.weight"] = torch.cat([sd["lang_encoder.transformer.wte.weight"], torch.zeros(2, 64)])
+  torch.save(sd, tmp_path / "of.pt")
+  with pytest.raises(CheckpointMismatchError, match="has 102 rows but the config's vocabulary"):
+    convert.import_weights(_config("mpt"), **inputs)
+
+
+def test_base_checkpoint_layout_select_and_dtypes(tmp_path):
+  """Scanned variables are stored unrolled and come back scanned; partial, cast reads."""
+  from configs import tiny
+  import flax.linen as nn
+  from flamingo_jax.models import shapes
+  cfg = tiny.get_config().unlock()
+  cfg.model.scan_layers = True
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(x.dtype),
+                                     nn.unbox(shapes.abstract_variables(cfg.model)))
+  orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, variables)
+  config, back = orbax_io.load_base_checkpoint(str(tmp_path / "base"))
+  assert config.model.scan_layers and "layers" in back["params"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+  _, part = orbax_io.load_base_checkpoint(str(tmp_path / "base"), select=lambda c, p: p[:2] == ("lm", "embed"),
+                                          dtypes={"frozen": "bfloat16"})
+  assert part["params"] == {} and list(part["frozen"]) == ["lm"] and list(part["frozen"]["lm"]) == ["embed"]
+  assert part["frozen"]["lm"]["embed"]["embedding"].dtype == jnp.bfloat16
+  with pytest.raises(FileExistsError):
+    orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, variables)
+  with pytest.raises(Exception):
+    orbax_io.save_base_checkpoint(str(tmp_path / "bad"), cfg, {"params": {"x": object()}, "frozen": {}})
+  assert sorted(os.listdir(tmp_path)) == ["base"]
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    orbax_io.load_base_checkpoint(str(tmp_path / "nowhere"))

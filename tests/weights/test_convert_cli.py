@@ -1,25 +1,25 @@
-"""The conversion CLI end to end: HF LM dir + CLIP weights file -> Orbax base checkpoint ->
-OpenFlamingo checkpoint.pt; errors exit non-zero and leave nothing at the output path."""
+"""The conversion CLI as a newcomer runs it, on the tiny config: a Hub-style LM directory (MosaicGPT
+names, with its tokenizer) + CLIP weights + checkpoint.pt -> base checkpoint -> checkpoint.pt.
+Bad input exits non-zero with one message and leaves nothing at the output path."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from flamingo_jax.weights import orbax_io, names
+from configs import tiny
+from flamingo_jax.models import shapes
+from flamingo_jax.weights import convert, names, orbax_io
 from flamingo_jax.weights import state_dict as sd_lib
-from tests import reference_models as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = '''
-from configs import common
-from tests import reference_models as ref
-def get_config():
-  c = common.base_config()
-  c.model = ref.jax_config("mpt", 2)
-  return c
-'''
+TOKENIZER = os.path.join(REPO, "flamingo_jax", "assets", "tiny_tokenizer")
 
 
 def _run(*args):
@@ -27,46 +27,54 @@ def _run(*args):
                         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def test_import_then_export(tmp_path):
-  model = ref.build_reference("mpt", 2)
-  lm = ref.build_lm("mpt")  # the reference's LM weights, as a Hugging Face directory
-  lm_sd = {names.hf_lm_key(k, "mpt"): v for k, v in model.state_dict().items()
-           if k.startswith("lang_encoder.") and "gated_cross" not in k and "old_decoder" not in k}
-  assert not lm.load_state_dict(lm_sd, strict=False).missing_keys
-  lm.save_pretrained(tmp_path / "lm")
-  clip = {f"visual.{k.removeprefix('vision_encoder.')}": v for k, v in model.state_dict().items()
-          if k.startswith("vision_encoder.")}
-  torch.save(clip, tmp_path / "clip.pt")
-  (tmp_path / "cfg.py").write_text(CONFIG)
+def _write_inputs(tmp_path, cfg):
+  """Random weights for the tiny config, written as the files a user downloads."""
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(x.dtype),
+                                     nn.unbox(shapes.abstract_variables(cfg.model)))
+  lm = {k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in sd_lib.to_torch(variables, names.lm_entries(cfg.model.lm)).items()}
+  os.makedirs(tmp_path / "lm")
+  save_file(lm, str(tmp_path / "lm" / "model.safetensors"))
+  (tmp_path / "lm" / "config.json").write_text(json.dumps({"model_type": "mosaic_gpt"}))
+  for f in os.listdir(TOKENIZER):
+    shutil.copy(os.path.join(TOKENIZER, f), tmp_path / "lm")
+  vision = sd_lib.to_torch(variables, names.vision_entries(cfg.model.vision))
+  torch.save({k.replace("vision_encoder.", "visual.", 1): torch.from_numpy(np.ascontiguousarray(v))
+              for k, v in vision.items()}, tmp_path / "clip.pt")
+  released = convert.export_state_dict(cfg, variables)
+  torch.save({k: torch.from_numpy(v) for k, v in released.items()}, tmp_path / "of.pt")
+  return released
 
-  out = _run("import", f"--config={tmp_path / 'cfg.py'}", f"--lm_dir={tmp_path / 'lm'}",
-             f"--clip={tmp_path / 'clip.pt'}", f"--out={tmp_path / 'base'}")
-  assert out.returncode == 0, out.stderr[-2000:]
-  _, variables = orbax_io.load_base_checkpoint(str(tmp_path / "base"))
-  want = sd_lib.flamingo_to_flax(ref.state_dict_numpy(model), ref.jax_config("mpt", 2))
-  for tower in ("vision", "lm"):
-    for path, value in _leaves(want["frozen"][tower]):
-      np.testing.assert_array_equal(_at(variables["frozen"][tower], path), value, err_msg=str(path))
+
+def test_help_explains_both_directions():
+  out = _run("--help")  # (absl exits 1 after printing help)
+  for text in ("IMPORT", "EXPORT", "--lm_dir", "--clip", "--openflamingo", "--train_workdir", "50280"):
+    assert text in out.stdout, text
+  usage = _run("import", "--out=/tmp/x")
+  assert usage.returncode != 0 and "--config" in usage.stderr and "--lm_dir" in usage.stderr
+
+
+def test_import_then_export_then_errors(tmp_path):
+  cfg = tiny.get_config()
+  released = _write_inputs(tmp_path, cfg)
+  common = [f"--lm_dir={tmp_path / 'lm'}", f"--clip={tmp_path / 'clip.pt'}", f"--openflamingo={tmp_path / 'of.pt'}"]
+  out = _run("import", f"--config={REPO}/configs/tiny.py", *common, f"--out={tmp_path / 'base'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  config, _ = orbax_io.load_base_checkpoint(str(tmp_path / "base"))
+  assert config.tokenizer_path == str(tmp_path / "lm")  # checked against the config, then recorded
 
   out = _run("export", f"--base={tmp_path / 'base'}", f"--out={tmp_path / 'checkpoint.pt'}")
-  assert out.returncode == 0, out.stderr[-2000:]
-  sd = torch.load(tmp_path / "checkpoint.pt")
-  assert "perceiver.latents" in sd and "lang_encoder.transformer.wte.weight" in sd
+  assert out.returncode == 0, out.stderr[-3000:]
+  exported = torch.load(tmp_path / "checkpoint.pt")
+  assert set(exported) == set(released)
+  for key, value in released.items():
+    np.testing.assert_array_equal(exported[key].numpy(), value, err_msg=key)
 
-  bad = _run("export", f"--base={tmp_path / 'nowhere'}", f"--out={tmp_path / 'x.pt'}")
-  assert bad.returncode != 0 and "nowhere" in bad.stderr
-  assert not os.path.exists(tmp_path / "x.pt")
-
-
-def _leaves(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _leaves(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
-
-
-def _at(tree, path):
-  for p in path:
-    tree = tree[p]
-  return np.asarray(tree)
+  # Errors: one line naming the problem, exit status 1, nothing at the output path.
+  out = _run("import", f"--config={REPO}/configs/tiny.py", *common[:1], f"--clip={tmp_path / 'of.pt'}",
+             f"--out={tmp_path / 'base2'}")
+  assert out.returncode == 1 and "error:" in out.stderr and "of.pt" in out.stderr, out.stderr[-3000:]
+  out = _run("export", f"--base={tmp_path / 'nowhere'}", f"--out={tmp_path / 'x.pt'}")
+  assert out.returncode == 1 and "nowhere" in out.stderr
+  assert sorted(os.listdir(tmp_path)) == ["base", "checkpoint.pt", "clip.pt", "lm", "of.pt"]
