@@ -1,0 +1,19 @@
+"""OpenFlamingo's few-shot evaluation suite: `python -m flamingo_jax.evaluate` (see __main__.py).
+
+Modules, one job each:
+  datasets.py        readers of the reference's files (Karpathy JSON, VQA JSON, HatefulMemes
+                     jsonl, ImageFolder)
+  prompts.py         per-task prompt templates, decoding settings, output post-processing
+  demonstrations.py  seeded random demonstrations and RICES retrieval; prompt permutations
+  clip_features.py   CLIP image embeddings for RICES from the model's vision tower, cached
+  inference.py       the model behind the loops: tokenization, sharded images, generation,
+                     class log-likelihoods
+  tasks.py           the captioning / VQA / classification trial loops and their scores
+  report.py          results JSON, markdown table and plot beside the published numbers
+  runner.py          the stages of a run (load, evaluate every task, report)
+  metrics/           CIDEr-D, VQA accuracy (+ OK-VQA stemming), ROC AUC and top-1
+
+Where the reference is wrong its behaviour is kept behind a flag (configs/eval_common.py) and the
+correct one is the default; where it is merely particular (VQA normalisation, CIDEr's tokenizer
+and length quirk, decoding's length_penalty 0), it is reproduced.
+"""

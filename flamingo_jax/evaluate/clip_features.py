@@ -1,0 +1,79 @@
+"""CLIP image embeddings for RICES, from the model's own (frozen) vision tower, and their cache.
+
+OpenFlamingo's RICES uses open_clip's `encode_image` of ViT-L/14 "openai": the class token after
+`ln_post`, projected by `proj` (768-d), L2-normalised. The released models' vision encoder is that
+same CLIP, and our vision tower carries `ln_post` and `proj` (unused by Flamingo itself), so the
+embedding is computed from the checkpoint we evaluate, with no second model.
+
+Cache: `<dir>/<name>.npy` (float32, one row per train example, in the dataset's order). A
+reference cache `<dir>/<name>.pkl` (torch.save of the features, made by its
+`cache_rices_features.py`) is read when no `.npy` exists and torch is installed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flamingo_jax.models.layers import FROZEN, LayerNorm
+from flamingo_jax.models.vision import VisionTransformer
+
+
+@functools.lru_cache(maxsize=4)
+def _embed_fn(model_cfg_json: str):
+  cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
+  vit = VisionTransformer(cfg.vision, "none", jnp.dtype(cfg.dtype), jnp.dtype(cfg.frozen_dtype))
+  ln_post = LayerNorm(cfg.vision.ln_eps, collection=FROZEN)
+  last = f"resblocks_{cfg.vision.layers - 1}"
+
+  def embed(vision_vars, images):
+    # The tower returns patch tokens only; the class token is the last block's first output row.
+    _, state = vit.apply({FROZEN: vision_vars}, images, mutable=["intermediates"],
+                         capture_intermediates=lambda m, method: m.name == last and method == "__call__")
+    cls = state["intermediates"][last]["__call__"][0][:, 0]
+    pooled = ln_post.apply({FROZEN: vision_vars["ln_post"]}, cls).astype(jnp.float32)
+    emb = pooled @ vision_vars["proj"].astype(jnp.float32)
+    return emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
+
+  return jax.jit(embed)
+
+
+def image_embeddings(model_cfg: ml_collections.ConfigDict, variables, images) -> jax.Array:
+  """(N, S, S, 3) CLIP-normalised images -> (N, embed_dim) L2-normalised CLIP image embeddings."""
+  vision_vars = nn.unbox(variables)[FROZEN]["vision"]
+  return _embed_fn(model_cfg.to_json())(vision_vars, images)
+
+
+def load_or_compute(cache_dir: str | None, name: str, num_rows: int,
+                    compute: Callable[[], np.ndarray], write: bool = True) -> np.ndarray:
+  """The train split's embeddings: from `<cache_dir>/<name>.npy` (or the reference's `.pkl`), or
+  computed and, if `write`, saved there (atomically)."""
+  npy = os.path.join(cache_dir, f"{name}.npy") if cache_dir else None
+  pkl = os.path.join(cache_dir, f"{name}.pkl") if cache_dir else None
+  features = None
+  if npy and os.path.exists(npy):
+    features = np.load(npy)
+  elif pkl and os.path.exists(pkl):
+    import torch  # pylint: disable=g-import-not-at-top
+    features = torch.load(pkl, map_location="cpu").float().numpy()
+  if features is not None:
+    if features.shape[0] != num_rows:
+      raise ValueError(f"RICES cache for {name} has {features.shape[0]} rows, the train split "
+                       f"{num_rows}: stale cache in {cache_dir}?")
+    return features.astype(np.float32)
+  features = np.asarray(compute(), np.float32)
+  if npy and write:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = npy + f".tmp{os.getpid()}.npy"
+    np.save(tmp, features)
+    os.replace(tmp, npy)
+    logging.info("Cached %d RICES features in %s", len(features), npy)
+  return features

@@ -1,0 +1,217 @@
+"""Readers for the files OpenFlamingo's evaluation reads. Images are referenced by path, loaded later.
+
+- COCO / Flickr30K captioning: Karpathy-split JSON (`dataset_coco.json`, `dataset_flickr30k.json`);
+  demonstrations from split "train" (restval excluded), test examples from split "test".
+  References for CIDEr: a COCO-format captions file if given (the reference's choice), otherwise
+  all `sentences` of the Karpathy entry (the same captions for COCO).
+- VQAv2, OK-VQA, VizWiz, TextVQA: the official VQA questions/annotations JSON. Questions and
+  annotations are joined by question_id (the reference pairs them by position, which is the same
+  for aligned files and silently wrong otherwise). Annotations may be absent (test-dev).
+- HatefulMemes: JSON lines with id, img, text, label.
+- ImageNet: an ImageFolder tree (`root/train/<wnid>/*.JPEG`), classes in sorted folder order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+HATEFUL_MEMES_CLASSES = ("no", "yes")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionExample:
+  image_path: str
+  caption: str              # the demonstration caption: sentences[0].raw
+  image_id: Any             # cocoid (COCO) or the file name without extension (Flickr30K)
+  references: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class VQAExample:
+  image_path: str
+  question: str
+  question_id: Any
+  answers: tuple[dict, ...] | None  # annotation records ({"answer", ...}); None without annotations
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationExample:
+  image_path: str
+  label: int                # class index
+  id: Any
+  text: str | None = None   # HatefulMemes' OCR text
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """A task's demonstration pool and test split."""
+  train: list
+  test: list
+  class_names: tuple[str, ...] = ()
+
+
+def _load_json(path: str) -> Any:
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(f"Evaluation file not found: {path!r}")
+  with open(path) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Captioning
+
+
+def read_karpathy(json_path: str, split: str, dataset: str, image_dir: str,
+                  val_image_dir: str | None = None) -> list[CaptionExample]:
+  """Karpathy-split entries of `split` ("train" or "test"). COCO files under filepath "train2014"
+  live in `image_dir`, the others in `val_image_dir`; Flickr30K has one directory."""
+  if dataset not in ("coco", "flickr30"):
+    raise ValueError(f"Unknown captioning dataset {dataset!r}")
+  examples = []
+  for entry in _load_json(json_path)["images"]:
+    if entry["split"] != split:
+      continue
+    if dataset == "coco":
+      directory = image_dir if entry["filepath"] == "train2014" else val_image_dir
+      if directory is None:
+        raise ValueError(f"{entry['filename']} is under {entry['filepath']}: set the val image dir")
+      image_id = entry["cocoid"]
+    else:
+      directory, image_id = image_dir, entry["filename"].split(".")[0]
+    sentences = tuple(s["raw"] for s in entry["sentences"])
+    examples.append(CaptionExample(os.path.join(directory, entry["filename"]), sentences[0],
+                                   image_id, sentences))
+  if not examples:
+    raise ValueError(f"No {split!r} entries in {json_path}")
+  return examples
+
+
+def read_coco_captions(annotations_path: str) -> dict[str, list[str]]:
+  """A COCO-format captions file -> {str(image_id): [captions]} (ids as strings: Flickr30K's
+  COCO-style file and the Karpathy file need not agree on int vs str)."""
+  refs: dict[str, list[str]] = {}
+  for ann in _load_json(annotations_path)["annotations"]:
+    refs.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+  return refs
+
+
+def caption_references(test: list[CaptionExample], annotations_path: str | None) -> dict[Any, list[str]]:
+  """{image_id: reference captions} for the test examples."""
+  if not annotations_path:
+    return {e.image_id: list(e.references) for e in test}
+  refs = read_coco_captions(annotations_path)
+  missing = [e.image_id for e in test if str(e.image_id) not in refs]
+  if missing:
+    raise KeyError(f"{len(missing)} test images have no captions in {annotations_path}, e.g. {missing[:3]}")
+  return {e.image_id: refs[str(e.image_id)] for e in test}
+
+
+# ---------------------------------------------------------------------------------------------
+# VQA
+
+
+def vqa_image_path(dataset: str, image_dir: str, image_id: Any) -> str:
+  """Where each VQA dataset keeps a question's image."""
+  if dataset in ("vqav2", "ok_vqa"):
+    coco_split = os.path.basename(os.path.normpath(image_dir))
+    if coco_split not in ("train2014", "val2014", "test2015"):
+      raise ValueError(f"{dataset} image dir must be named train2014, val2014 or test2015, got {image_dir!r}")
+    return os.path.join(image_dir, f"COCO_{coco_split}_{int(image_id):012d}.jpg")
+  if dataset == "vizwiz":
+    return os.path.join(image_dir, image_id)
+  if dataset == "textvqa":
+    return os.path.join(image_dir, f"{image_id}.jpg")
+  raise ValueError(f"Unknown VQA dataset {dataset!r}")
+
+
+def read_vqa(questions_path: str, annotations_path: str | None, image_dir: str,
+             dataset: str) -> list[VQAExample]:
+  """Questions (with their annotation records, when given) in the questions file's order."""
+  questions = _load_json(questions_path)["questions"]
+  by_id = None
+  if annotations_path:
+    by_id = {a["question_id"]: a for a in _load_json(annotations_path)["annotations"]}
+    missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]
+    if missing:
+      raise KeyError(f"{len(missing)} questions of {questions_path} have no annotation, e.g. {missing[:3]}")
+  return [VQAExample(vqa_image_path(dataset, image_dir, q["image_id"]), q["question"], q["question_id"],
+                     None if by_id is None else tuple(by_id[q["question_id"]]["answers"]))
+          for q in questions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification
+
+
+def read_hateful_memes(jsonl_path: str, image_dir: str) -> list[ClassificationExample]:
+  """Label 1 is class "yes" (hateful), 0 is "no"; only the basename of `img` is used."""
+  if not os.path.exists(jsonl_path):
+    raise FileNotFoundError(f"Evaluation file not found: {jsonl_path!r}")
+  examples = []
+  with open(jsonl_path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        examples.append(ClassificationExample(os.path.join(image_dir, os.path.basename(row["img"])),
+                                              int(row["label"]), row["id"], row["text"]))
+  return examples
+
+
+def read_image_folder(root: str) -> tuple[list[ClassificationExample], list[str]]:
+  """torchvision ImageFolder order: class folders sorted, files walked in sorted order."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"Image folder not found: {root!r}")
+  classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+  examples = []
+  for label, name in enumerate(classes):
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
+      for fname in sorted(files):
+        if fname.lower().endswith(IMAGE_EXTENSIONS):
+          examples.append(ClassificationExample(os.path.join(dirpath, fname), label, len(examples)))
+  return examples, classes
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+  """The 1000 human-readable ImageNet class names OpenFlamingo prompts with, in wnid order."""
+  path = os.path.join(os.path.dirname(__file__), "data", "imagenet_classnames.json")
+  with open(path) as f:
+    return tuple(json.load(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point per task, from the eval config's `data.<task>` section.
+
+
+def load_task_data(task: str, cfg) -> TaskData:
+  """Reads the demonstration pool and the test split of `task` from config paths."""
+  if task in ("coco", "flickr30"):
+    kw = dict(dataset=task, image_dir=cfg.train_image_dir if task == "coco" else cfg.image_dir,
+              val_image_dir=cfg.get("val_image_dir") or None)
+    return TaskData(read_karpathy(cfg.karpathy_json, "train", **kw),
+                    read_karpathy(cfg.karpathy_json, "test", **kw))
+  if task in ("vqav2", "ok_vqa", "vizwiz", "textvqa"):
+    return TaskData(
+        read_vqa(cfg.train_questions, cfg.train_annotations, cfg.train_image_dir, task),
+        read_vqa(cfg.test_questions, cfg.test_annotations or None, cfg.test_image_dir, task))
+  if task == "hateful_memes":
+    return TaskData(read_hateful_memes(cfg.train_jsonl, cfg.image_dir),
+                    read_hateful_memes(cfg.test_jsonl, cfg.image_dir), HATEFUL_MEMES_CLASSES)
+  if task == "imagenet":
+    train, folders = read_image_folder(os.path.join(cfg.root, "train"))
+    test, test_folders = read_image_folder(os.path.join(cfg.root, "val"))
+    if folders != test_folders:
+      raise ValueError("ImageNet train and val have different class folders")
+    names = tuple(json.load(open(cfg.class_names))) if cfg.get("class_names") else imagenet_class_names()
+    if len(names) != len(folders):
+      raise ValueError(f"{len(folders)} class folders but {len(names)} class names")
+    return TaskData(train, test, names)
+  raise ValueError(f"Unknown task {task!r}")
+
+
+def subset(examples: list, indices: np.ndarray) -> list:
+  return [examples[int(i)] for i in indices]

@@ -1,0 +1,259 @@
+"""The model as the evaluation calls it: prompts in, generated text or class scores out.
+
+Batches are padded to a multiple of the devices on the mesh's batch axes (data x fsdp) and their
+images are sharded over those devices; on several hosts every host builds the same global batch
+of token ids (cheap) and loads only the images of the rows its devices hold.
+
+Text as OpenFlamingo prepares it: the tokenizer's default special tokens, truncation to 2000
+tokens, left padding, here to a multiple of `pad_multiple` so that few shapes are compiled.
+Images: one (S, S, 3) CLIP-normalised array per `<image>`, zeros in unused trailing slots.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from flamingo_jax.data import image_preprocess, tokenizer as tok_lib
+from flamingo_jax.evaluate import clip_features
+from flamingo_jax.evaluate.prompts import Decoding
+from flamingo_jax.models import rules
+from flamingo_jax.models.flamingo import Flamingo
+
+
+class ImageLoader:
+  """Path -> CLIP-preprocessed float32 (S, S, 3), with an LRU cache (demonstrations repeat)."""
+
+  def __init__(self, image_size: int, cache_size: int = 1024, workers: int = 8):
+    self.image_size = image_size
+    self._load = functools.lru_cache(maxsize=cache_size)(self._read)
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+
+  def _read(self, path: str) -> np.ndarray:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(path) as img:
+      return image_preprocess.clip_preprocess(img.convert("RGB"), self.image_size)
+
+  def load(self, path: str) -> np.ndarray:
+    return self._load(path)
+
+  def load_many(self, paths: Sequence[str]) -> list[np.ndarray]:
+    return list(self._pool.map(self._load, paths))
+
+
+@functools.lru_cache(maxsize=4)
+def _scoring_fns(model_cfg_json: str):
+  """Jitted pieces of class scoring: prefill, cached continuation, and full-forward scoring."""
+  model = Flamingo(ml_collections.ConfigDict(json.loads(model_cfg_json)))
+  prefill = jax.jit(lambda v, x, ids, mask, max_len: model.apply(v, x, ids, mask, max_len,
+                                                                   method=Flamingo.prefill),
+                    static_argnums=4)
+
+  @jax.jit
+  def continuation(v, state, first_logprobs, tokens):
+    """Mean log-prob of `tokens` (B, m) after the prefilled context, fed one at a time."""
+    lp = jnp.take_along_axis(first_logprobs, tokens[:, :1], axis=-1)[:, 0]
+
+    def step(st, pair):
+      token, target = pair
+      logits, st = model.apply(v, token, st, method=Flamingo.extend)
+      return st, jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                                     target[:, None], axis=-1)[:, 0]
+
+    _, rest = jax.lax.scan(step, state, (tokens[:, :-1].T, tokens[:, 1:].T))
+    return (lp + rest.sum(0)) / tokens.shape[1]
+
+  @jax.jit
+  def full_forward(v, x, ids, mask, num_class_tokens):
+    """Mean log-prob of the last `num_class_tokens` ids from one forward over the whole row."""
+    m = num_class_tokens.shape[0]
+    logits = model.apply(v, x, ids, mask)[:, -m - 1:-1].astype(jnp.float32)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, -m:, None], axis=-1)[..., 0]
+    return lp.mean(-1)
+
+  return prefill, continuation, full_forward
+
+
+# The reference decoded with transformers 4.2x-4.3x, whose `decode` removed these spaces by
+# default (clean_up_tokenization_spaces=True); transformers 5 no longer does for BPE tokenizers.
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def clean_up_spaces(text: str) -> str:
+  for old, new in _CLEAN_UP:
+    text = text.replace(old, new)
+  return text
+
+
+def _to_host(x) -> np.ndarray:
+  """A (possibly multi-host) global array as one numpy array on every host."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return int(math.ceil(n / multiple) * multiple)
+
+
+class EvalModel:
+  """A Flamingo with its tokenizer and mesh, answering batches of interleaved prompts."""
+
+  def __init__(self, model_cfg: ml_collections.ConfigDict, variables: Any, tokenizer,
+               mesh: Mesh | None = None, *, pad_multiple: int = 64, max_length: int = 2000,
+               image_cache_size: int = 1024, image_workers: int = 8,
+               generate_fn: Callable | None = None):
+    self.cfg = model_cfg
+    self.variables = variables
+    self.tok = tokenizer
+    self.mesh = mesh if mesh is not None else rules.make_mesh(ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1)))
+    self.pad_multiple, self.max_length = pad_multiple, max_length
+    self.images = ImageLoader(model_cfg.vision.image_size, image_cache_size, image_workers)
+    ids = tok_lib.special_ids(tokenizer)
+    if (ids["eoc"], ids["media"]) != (model_cfg.eoc_token_id, model_cfg.media_token_id):
+      raise ValueError(f"Tokenizer ids eoc={ids['eoc']} media={ids['media']} differ from the model "
+                       f"config's {model_cfg.eoc_token_id}, {model_cfg.media_token_id}")
+    self.eoc_id, self.pad_id = ids["eoc"], ids["pad"]
+    if generate_fn is None:
+      from flamingo_jax.generate import generate as generate_fn  # pylint: disable=g-import-not-at-top
+    self._generate = generate_fn
+    self._batch_sharding = lambda ndim: rules.batch_sharding(self.mesh, ndim)
+    self.batch_multiple = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+  # -- inputs --------------------------------------------------------------------------------
+
+  def padded_size(self, n: int) -> int:
+    """Rows a batch of n examples is padded to (a multiple of the batch-axis devices)."""
+    return _round_up(max(n, 1), self.batch_multiple)
+
+  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (B, L) ids and mask, L a multiple of `pad_multiple`."""
+    rows = [self.tok(t)["input_ids"][:self.max_length] for t in texts]
+    length = _round_up(max(len(r) for r in rows), self.pad_multiple)
+    ids = np.full((len(rows), length), self.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+      if r:
+        ids[i, length - len(r):], mask[i, length - len(r):] = r, 1
+    return ids, mask
+
+  def vision_x(self, image_paths: Sequence[Sequence[str]]) -> jax.Array:
+    """(B, T, 1, S, S, 3) images sharded over the batch axes; each host reads only its rows."""
+    b, t, s = len(image_paths), max(1, max(len(p) for p in image_paths)), self.cfg.vision.image_size
+    shape = (b, t, 1, s, s, 3)
+
+    def rows(index):
+      sel = range(b)[index[0]]
+      out = np.zeros((len(sel), t, 1, s, s, 3), np.float32)
+      for i, row in enumerate(sel):
+        for j, img in enumerate(self.images.load_many(image_paths[row])):
+          out[i, j, 0] = img
+      return out[(slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback(shape, self._batch_sharding(len(shape)), rows)
+
+  def _pad_rows(self, texts, image_paths):
+    n = len(texts)
+    extra = self.padded_size(n) - n  # padding rows repeat the last example; dropped afterwards
+    return list(texts) + [texts[-1]] * extra, list(image_paths) + [image_paths[-1]] * extra
+
+  # -- generation ----------------------------------------------------------------------------
+
+  def generate(self, texts: Sequence[str], image_paths: Sequence[Sequence[str]],
+               decoding: Decoding) -> list[str]:
+    """Continuations of the prompts, decoded without special tokens (as the reference)."""
+    n = len(texts)
+    texts, image_paths = self._pad_rows(texts, image_paths)
+    ids, mask = self.tokenize(texts)
+    out = self._generate(self.cfg, self.variables, self.vision_x(image_paths), ids, mask,
+                         max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams,
+                         length_penalty=decoding.length_penalty,
+                         **({"min_new_tokens": decoding.min_new_tokens} if decoding.min_new_tokens else {}),
+                         eos_token_ids=(self.eoc_id,), pad_token_id=self.pad_id)
+    new_tokens = np.asarray(out)[:n, ids.shape[1]:]
+    texts = self.tok.batch_decode(new_tokens.tolist(), skip_special_tokens=True,
+                                  clean_up_tokenization_spaces=False)
+    return [clean_up_spaces(t) for t in texts]
+
+  # -- classification --------------------------------------------------------------------------
+
+  def class_token_ids(self, class_names: Sequence[str]) -> list[list[int]]:
+    """Each class name's tokens, no special tokens and no leading space (as the reference)."""
+    out = [self.tok(name, add_special_tokens=False)["input_ids"] for name in class_names]
+    empty = [n for n, t in zip(class_names, out) if not t]
+    if empty:
+      raise ValueError(f"Class names with no tokens: {empty}")
+    return out
+
+  def class_scores(self, texts: Sequence[str], image_paths: Sequence[Sequence[str]],
+                   class_tokens: Sequence[Sequence[int]], use_cache: bool = True) -> np.ndarray:
+    """(B, C) mean log-probability of each class's tokens right after each prompt.
+
+    `use_cache`: the context runs once (prefill) and each class continues its KV cache token by
+    token; padding stays masked and positions count real tokens only. Otherwise one full forward
+    per class over context + class tokens (the reference's `--no_caching_for_classification`).
+    """
+    n = len(texts)
+    texts, image_paths = self._pad_rows(texts, image_paths)
+    ids, mask = self.tokenize(texts)
+    vision = self.vision_x(image_paths)
+    prefill, continuation, full_forward = _scoring_fns(self.cfg.to_json())
+    b, length = ids.shape
+    scores = np.zeros((b, len(class_tokens)), np.float32)
+    if use_cache:
+      max_m = max(len(t) for t in class_tokens)
+      logits, state = prefill(self.variables, vision, ids, mask, length + max_m - 1)
+      first = jax.nn.log_softmax(logits.astype(jnp.float32))
+      single = [c for c, t in enumerate(class_tokens) if len(t) == 1]
+      if single:
+        scores[:, single] = _to_host(first[:, np.asarray([class_tokens[c][0] for c in single])])
+      for c, toks in enumerate(class_tokens):
+        if len(toks) > 1:
+          scores[:, c] = _to_host(continuation(self.variables, state, first,
+                                               np.tile(np.asarray(toks, np.int32), (b, 1))))
+    else:
+      for c, toks in enumerate(class_tokens):
+        m = len(toks)
+        full_ids = np.concatenate([ids, np.tile(np.asarray(toks, np.int32), (b, 1))], axis=1)
+        full_mask = np.concatenate([mask, np.ones((b, m), np.int32)], axis=1)
+        scores[:, c] = _to_host(full_forward(self.variables, vision, full_ids, full_mask,
+                                             np.zeros(m, np.int32)))
+    return scores[:n]
+
+  # -- RICES ---------------------------------------------------------------------------------
+
+  def embed_images(self, paths: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
+    """(N, E) normalised CLIP embeddings of image files, batch by batch."""
+    out = []
+    batch_size = self.padded_size(batch_size)
+    for start in range(0, len(paths), batch_size):
+      chunk = list(paths[start:start + batch_size])
+      padded = chunk + [chunk[-1]] * (self.padded_size(len(chunk)) - len(chunk))
+      images = self.vision_x([[p] for p in padded])[:, 0, 0]
+      out.append(_to_host(clip_features.image_embeddings(self.cfg, self.variables, images))[:len(chunk)])
+      if progress is not None:
+        progress(len(chunk))
+    return np.concatenate(out) if out else np.zeros((0, self.cfg.vision.embed_dim), np.float32)
+
+
+def place_variables(model_cfg: ml_collections.ConfigDict, variables: Any, mesh: Mesh,
+                    sharding_rules) -> Any:
+  """Puts (unboxed) variables on the mesh by the config's logical-axis rules, in their dtypes:
+  trainable in param_dtype, frozen in frozen_dtype."""
+  from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
+  shardings = nn.unbox(rules.variable_shardings(shapes.abstract_variables(model_cfg), mesh, sharding_rules))
+  dtypes = {"params": jnp.dtype(model_cfg.param_dtype), "frozen": jnp.dtype(model_cfg.frozen_dtype)}
+  variables = nn.unbox(variables)
+  variables = {c: jax.tree_util.tree_map(lambda x, d=dtypes[c]: np.asarray(x, d), v)
+               for c, v in variables.items()}
+  return jax.device_put(variables, shardings)

@@ -1,0 +1,83 @@
+"""Stages of an evaluation run: load the model onto the mesh, run each task, write the report."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from flamingo_jax.data import tokenizer as tok_lib
+from flamingo_jax.evaluate import datasets, prompts, report, tasks
+from flamingo_jax.evaluate.inference import EvalModel, place_variables
+from flamingo_jax.models import rules
+
+
+def guess_model_name(config: ml_collections.ConfigDict, config_path: str | None = None) -> str | None:
+  """The published-results key (of_3b, of_4b_instruct, ...) of a config, when recognisable."""
+  if config_path:
+    stem = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    if stem in report.load_published()["models"]:
+      return stem
+  lm, path = config.model.lm, str(config.get("lm_path", "")).lower()
+  instruct = "dolly" in path or "instruct" in path
+  name = {("mpt", 2048): "of_3b", ("gpt_neox", 2560): "of_4b", ("mpt", 4096): "of_9b"}.get(
+      (lm.family, lm.hidden_size))
+  return f"{name}_instruct" if name and instruct and name != "of_9b" else name
+
+
+def load_model(config: ml_collections.ConfigDict, variables: Any, eval_cfg: ml_collections.ConfigDict,
+               tokenizer_path: str | None = None) -> EvalModel:
+  """Places the variables on the config's mesh and wraps model, tokenizer and mesh."""
+  mesh = rules.make_mesh(config.mesh)
+  variables = place_variables(config.model, variables, mesh, rules.logical_rules(config))
+  tok = tok_lib.load_tokenizer(tokenizer_path or config.tokenizer_path)
+  return EvalModel(config.model, variables, tok, mesh, pad_multiple=eval_cfg.pad_multiple,
+                   max_length=eval_cfg.max_length, image_cache_size=eval_cfg.image_cache_size)
+
+
+def task_settings(eval_cfg: ml_collections.ConfigDict, task: str, out_dir: str,
+                  progress: bool = True) -> tasks.Settings:
+  """The run's settings for one task (the task's own CIDEr references, if any)."""
+  data = eval_cfg.data[task]
+  return tasks.Settings(
+      num_samples=eval_cfg.num_samples, query_set_size=eval_cfg.query_set_size,
+      batch_size=eval_cfg.batch_size, demos=eval_cfg.demos, rices_cache_dir=eval_cfg.rices_cache_dir,
+      classification_kv_cache=eval_cfg.classification_kv_cache,
+      prompt_ensembling=eval_cfg.prompt_ensembling,
+      reference_zero_shot_classification_images=eval_cfg.reference_zero_shot_classification_images,
+      cider_tokenizer=eval_cfg.cider_tokenizer, vqa_normalization=eval_cfg.vqa_normalization,
+      caption_annotations=data.get("annotations_json", "") or "", out_dir=out_dir, progress=progress)
+
+
+def parse_ints(text: str | Sequence[int]) -> list[int]:
+  if isinstance(text, str):
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+  return [int(x) for x in text]
+
+
+def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Sequence[str],
+        shots: Sequence[int], out_dir: str, model_name: str | None = None,
+        progress: bool = True) -> tuple[dict[str, list[dict]], dict[str, str]]:
+  """Evaluates every task; host 0 writes results.{json,md,png} (and per-trial predictions)."""
+  for name in task_names:
+    prompts.get_task(name)  # unknown names fail before any work
+  seeds = parse_ints(eval_cfg.trial_seeds)
+  results, timings = {}, {}
+  for name in task_names:
+    start = time.time()
+    data = datasets.load_task_data(name, eval_cfg.data[name])
+    settings = task_settings(eval_cfg, name, out_dir, progress)
+    results[name] = tasks.evaluate_task(model, name, data, list(shots), seeds, settings)
+    timings[name] = round(time.time() - start, 1)
+    logging.info("%s: %s", name, results[name])
+  meta = {"model": model_name, "demos": eval_cfg.demos, "trial_seeds": seeds, "seconds": timings,
+          "num_samples": eval_cfg.num_samples, "batch_size": eval_cfg.batch_size,
+          "devices": jax.device_count(), "hosts": jax.process_count(),
+          "eval_config": eval_cfg.to_dict()}
+  paths = {}
+  if jax.process_index() == 0:
+    paths = report.write_report(out_dir, results, meta, model_name, eval_cfg.demos)
+  return results, paths

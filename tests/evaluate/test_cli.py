@@ -1,0 +1,42 @@
+"""`python -m flamingo_jax.evaluate` on a tiny base checkpoint and the fixture data."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+
+from flamingo_jax.models import shapes
+from flamingo_jax.weights import orbax_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(args):
+  return subprocess.run([sys.executable, "-m", "flamingo_jax.evaluate", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_evaluates_a_base_checkpoint(tiny_cfg, eval_data, tmp_path):
+  ckpt = str(tmp_path / "ckpt")
+  init = jax.jit(lambda rng: nn.unbox(shapes.init_variables(tiny_cfg.model, rng)))
+  orbax_io.save_base_checkpoint(ckpt, tiny_cfg, init(jax.random.PRNGKey(1)))
+  data = [f"--eval_config.data.hateful_memes.{k}={v}" for k, v in eval_data["hateful_memes"].items()]
+  out = tmp_path / "out"
+  proc = _run([f"--checkpoint={ckpt}", "--task=hateful_memes", "--shots=0,2", f"--out_dir={out}",
+               "--eval_config.trial_seeds=1,2", "--model_name=of_3b", *data])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.load(open(out / "results.json"))["results"]["hateful_memes"]
+  assert [r["shots"] for r in results] == [0, 2] and all(len(r["trials"]) == 2 for r in results)
+  assert "OpenFlamingo-3B-vitl-mpt1b (published, random)" in proc.stdout  # the markdown table
+  assert sorted(os.listdir(out)) == sorted(
+      ["results.json", "results.md", "results.png"] +
+      [f"hateful_memes_{s}shot_random_seed{seed}_predictions.json" for s in (0, 2) for seed in (1, 2)])
+
+
+def test_cli_errors(tmp_path):
+  proc = _run(["--task=coco", f"--checkpoint={tmp_path}"])
+  assert proc.returncode != 0 and "no config.json" in proc.stderr
+  proc = _run(["--task=coco", "--random_init"])
+  assert proc.returncode != 0 and "--random_init needs --config" in proc.stderr

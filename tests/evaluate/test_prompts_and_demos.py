@@ -1,0 +1,103 @@
+"""Prompts, decoding settings, post-processing and demonstration selection, as the reference."""
+import random
+
+import numpy as np
+import pytest
+
+from flamingo_jax.evaluate import datasets, demonstrations, prompts
+
+CAP = [datasets.CaptionExample(f"/i/{i}.jpg", f" caption {i} ", i, (f"caption {i}",)) for i in range(3)]
+VQA = [datasets.VQAExample(f"/v/{i}.jpg", f"what is {i}?", i, ({"answer": f"ans{i}"}, {"answer": "x"}))
+       for i in range(3)]
+HM = [datasets.ClassificationExample(f"/h/{i}.png", i % 2, i, f"text {i}") for i in range(3)]
+IMNET = [datasets.ClassificationExample(f"/n/{i}.JPEG", i, i) for i in range(3)]
+
+
+def test_captioning_prompt():
+  task = prompts.get_task("coco")
+  assert prompts.build_prompt(task, CAP[:2], CAP[2], 2) == (
+      "<image>Output:caption 0<|endofchunk|>\n<image>Output:caption 1<|endofchunk|>\n<image>Output:")
+  # Zero-shot: two text-only demonstrations, only the query image.
+  assert prompts.build_prompt(task, CAP[:2], CAP[2], 0) == (
+      "Output:caption 0<|endofchunk|>\nOutput:caption 1<|endofchunk|>\n<image>Output:")
+  assert prompts.prompt_images(task, CAP[:2], CAP[2], 0) == ["/i/2.jpg"]
+  assert prompts.prompt_images(task, CAP[:2], CAP[2], 2) == ["/i/0.jpg", "/i/1.jpg", "/i/2.jpg"]
+
+
+def test_vqa_prompt_uses_the_first_answer():
+  task = prompts.get_task("vqav2")
+  assert prompts.build_prompt(task, VQA[:1], VQA[2], 1) == (
+      "<image>Question:what is 0? Short answer:ans0<|endofchunk|>\n<image>Question:what is 2? Short answer:")
+
+
+def test_classification_prompts_and_the_zero_shot_image_bug():
+  hm = prompts.get_task("hateful_memes")
+  names = datasets.HATEFUL_MEMES_CLASSES
+  assert prompts.build_prompt(hm, HM[:2], HM[2], 0, names) == (
+      "is an image with: 'text 0' written on it. Is it hateful? Answer:no<|endofchunk|>"
+      "is an image with: 'text 1' written on it. Is it hateful? Answer:yes<|endofchunk|>"
+      "<image>is an image with: 'text 2' written on it. Is it hateful? Answer:")
+  # Correct: the query's only <image> gets the query image. The reference keeps the demo images,
+  # so its only <image> token attends to the first demonstration image.
+  assert prompts.prompt_images(hm, HM[:2], HM[2], 0) == ["/h/2.png"]
+  assert prompts.prompt_images(hm, HM[:2], HM[2], 0, reference_zero_shot_images=True) == [
+      "/h/0.png", "/h/1.png", "/h/2.png"]
+  imnet = prompts.get_task("imagenet")
+  assert prompts.build_prompt(imnet, IMNET[:1], IMNET[2], 1, ("tench", "goldfish", "shark")) == (
+      "<image>Output:tench<|endofchunk|><image>Output:")
+
+
+def test_decoding_settings_per_task():
+  for name in ("coco", "flickr30"):
+    assert prompts.get_task(name).decoding == prompts.Decoding(3, 20, 0, 0.0)
+  for name in ("vqav2", "ok_vqa", "vizwiz"):
+    assert prompts.get_task(name).decoding == prompts.Decoding(3, 5, 0, 0.0)
+  assert prompts.get_task("textvqa").decoding == prompts.Decoding(3, 10, 0, 0.0)
+  assert prompts.get_task("hateful_memes").decoding is None
+  assert [prompts.effective_shots(s) for s in (0, 1, 4)] == [2, 1, 4]
+  with pytest.raises(ValueError, match="Unknown task"):
+    prompts.get_task("gqa")
+
+
+@pytest.mark.parametrize("text", ['a "dog" runs Output: x', "plain", ' two cats"', "OutputOutput"])
+def test_caption_postprocess_matches_reference(text):
+  from open_flamingo.eval.coco_metric import postprocess_captioning_generation
+  assert prompts.postprocess_caption(text) == postprocess_captioning_generation(text).replace('"', "")
+
+
+def test_random_plan_matches_reference_sampling():
+  """The reference: np.random.seed(seed); test subset; query set; random.seed(seed); then one
+  random.sample(query_set, k) per example (here in subset order, as on one GPU before shuffling)."""
+  seed, n_test, n_train, num, k, qsize = 42, 50, 300, 20, 4, 64
+  np.random.seed(seed)
+  ref_test = np.random.choice(n_test, num, replace=False)
+  ref_query = list(np.random.choice(n_train, qsize, replace=False))
+  random.seed(seed)
+  ref_demos = [random.sample(ref_query, k) for _ in range(num)]
+  plan = demonstrations.random_plan(n_test, n_train, num, k, seed, qsize)
+  np.testing.assert_array_equal(plan.test, ref_test)
+  assert plan.demos == [[int(x) for x in d] for d in ref_demos]
+  full = demonstrations.random_plan(n_test, n_train, -1, k, seed, qsize)
+  assert sorted(full.test.tolist()) == list(range(n_test))  # all of them, permuted
+  small = demonstrations.random_plan(5, 3, -1, 2, seed, 2048)  # query set clamped to the split
+  assert all(set(d) <= {0, 1, 2} for d in small.demos)
+
+
+def test_rices_puts_the_most_similar_demo_last():
+  train = np.eye(4, dtype=np.float32)
+  query = np.array([[0.1, 0.9, 0.3, 0.0], [0.05, 0.0, 0.2, 1.0]], np.float32)
+  np.testing.assert_array_equal(demonstrations.rices_select(query, train, 3), [[0, 2, 1], [0, 2, 3]])
+  plan = demonstrations.rices_plan(2, -1, 2, 0, train, lambda idx: query[idx])
+  assert [d[-1] for d in plan.demos] == [int(np.argmax(query[i])) for i in plan.test]
+
+
+def test_ensemble_orders():
+  demos = [[1, 2, 3], [4, 5, 6]]
+  passes = demonstrations.ensemble_orders(demos, 3, True, seed=1)
+  assert len(passes) == 6 and all(sorted(p[0]) == [1, 2, 3] for p in passes)
+  assert len({tuple(p[0]) for p in passes}) > 1
+  # An example's permutations do not depend on how the test set is batched.
+  alone = demonstrations.ensemble_orders(demos[1:], 3, True, seed=1, offset=1)
+  assert [p[0] for p in alone] == [p[1] for p in passes]
+  assert demonstrations.ensemble_orders(demos, 3, False, seed=1) == [demos]
+  assert demonstrations.num_permutations(2, True) == 2
