@@ -18,7 +18,8 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
   c.random_flip = True    # as the reference: p=0.5 per LAION batch, per MMC4 document
   c.max_skip_ratio = 0.9  # of recent samples; more skipped than this is an error, not a hang
   c.synthetic_dir = ""    # if set and it holds no shards, synthetic shards are written there first
-  # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://.
+  # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://; WebDataset
+  # .tar or their .array_record conversions (python -m flamingo_jax.data.array_record).
   c.laion = ml_collections.ConfigDict(dict(shards="", batch_size=64, max_tokens=32))
   c.mmc4 = ml_collections.ConfigDict(dict(
       shards="", batch_size=32, max_tokens=256, max_images=6,

@@ -1,4 +1,5 @@
-"""MMC4 interleaved documents -> fixed-shape samples (spec 4.2, "MMC4", steps 1-7).
+"""MMC4 interleaved documents -> fixed-shape samples (spec 4.2, "MMC4", steps 1-7), and the
+ChatGPT-generated sequences of the 4B recipe, which come in the same shards (`is_gpt` documents).
 
 The text is built exactly as the reference builds it. One deliberate difference: the reference
 keeps its image tensor in image-index order while `<image>` tokens follow sentence order, so the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 
 import numpy as np
 from scipy import optimize
@@ -21,6 +23,7 @@ from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import EOC_TOKEN, MEDIA_TOKEN
 
 MATCHINGS = ("argmax", "one_to_one")
+GPT_MARKER = re.compile(r"_!_IMAGE\d+_!_")  # ChatGPT sequences: `_!_IMAGE3_!_` stands for an image
 
 
 def match_images(sim: np.ndarray, matching: str) -> np.ndarray:
@@ -39,6 +42,13 @@ def match_images(sim: np.ndarray, matching: str) -> np.ndarray:
   raise ValueError(f"mmc4 matching must be one of {MATCHINGS}, got {matching!r}")
 
 
+def _tidy(text: str) -> str:
+  """Drops the first eoc and the spaces around the special tokens, as the reference does."""
+  text = text.replace(EOC_TOKEN, "", 1)
+  return (text.replace(f" {EOC_TOKEN}", EOC_TOKEN).replace(f"{MEDIA_TOKEN} ", MEDIA_TOKEN)
+          .replace(f" {MEDIA_TOKEN}", MEDIA_TOKEN))
+
+
 def build_text(sentences: list[str], sentence_ixs: list[int], eos_token: str) -> str:
   """Prefixes each matched sentence with `<|endofchunk|><image>` (in image order, so images sharing
   a sentence stack up in reverse), joins with spaces, drops the first eoc, tidies the spaces
@@ -46,10 +56,24 @@ def build_text(sentences: list[str], sentence_ixs: list[int], eos_token: str) ->
   sentences = list(sentences)
   for ix in sentence_ixs:
     sentences[ix] = f"{EOC_TOKEN}{MEDIA_TOKEN}{sentences[ix]}"
-  text = " ".join(sentences).replace(EOC_TOKEN, "", 1)
-  text = (text.replace(f" {EOC_TOKEN}", EOC_TOKEN).replace(f"{MEDIA_TOKEN} ", MEDIA_TOKEN)
-          .replace(f" {MEDIA_TOKEN}", MEDIA_TOKEN))
-  return f"{text}{EOC_TOKEN}{eos_token}"
+  return f"{_tidy(' '.join(sentences))}{EOC_TOKEN}{eos_token}"
+
+
+def build_gpt_text(example: str, max_images: int, eos_token: str) -> tuple[str, list[str]]:
+  """A ChatGPT sequence -> (training text, the image markers its `<image>` tokens stand for).
+
+  Each marker becomes `<|endofchunk|><image>`, then as for MMC4 the first eoc goes, the spaces
+  are tidied and `<|endofchunk|>{eos}` appended. With more than `max_images` markers the text
+  ends before the chunk of image `max_images + 1`; the reference cuts at the `max_images`-th
+  `<image>` instead, which leaves one image fewer in the text than it keeps (spec 4.2).
+  """
+  markers = GPT_MARKER.findall(example)
+  text = _tidy(GPT_MARKER.sub(f"{EOC_TOKEN}{MEDIA_TOKEN}", example))
+  if len(markers) > max_images:
+    cut = [m.start() for m in re.finditer(re.escape(MEDIA_TOKEN), text)][max_images]
+    text = text[:cut].removesuffix(EOC_TOKEN)
+    markers = markers[:max_images]
+  return f"{text}{EOC_TOKEN}{eos_token}", markers
 
 
 def token_order(sentence_ixs: list[int]) -> list[int]:
@@ -57,7 +81,8 @@ def token_order(sentence_ixs: list[int]) -> list[int]:
   return sorted(range(len(sentence_ixs)), key=lambda k: (sentence_ixs[k], -k))
 
 
-def _parse(record: dict) -> tuple[list[str], list[dict], np.ndarray] | Skip:
+def _parse(record: dict) -> tuple[list[str], list[dict], np.ndarray] | dict | Skip:
+  """An MMC4 document's (sentences, image infos, similarity matrix), or a ChatGPT document."""
   if "__error__" in record:
     return Skip(record["__error__"])
   if "json" not in record:
@@ -66,9 +91,10 @@ def _parse(record: dict) -> tuple[list[str], list[dict], np.ndarray] | Skip:
     doc = json.loads(record["json"])
   except (ValueError, UnicodeDecodeError):
     return Skip("bad_json")
-  if not isinstance(doc, dict) or "is_gpt" in doc:
-    # The ChatGPT-generated sequences of the 4B recipe use another layout (spec 4.2).
-    return Skip("unsupported_document")
+  if not isinstance(doc, dict):
+    return Skip("bad_json")
+  if "is_gpt" in doc:
+    return doc
   try:
     sentences, infos = [str(s) for s in doc["text_list"]], list(doc["image_info"])
     sim = doc["similarity_matrix"]
@@ -109,20 +135,47 @@ def select_images(sentences, infos, sim, *, sim_threshold: float, max_images: in
   return [candidates[k][1] for k in kept], [int(sentence_of[k]) for k in kept]
 
 
+def _gpt_images(doc: dict, max_images: int, eos_token: str) -> tuple[str, list[bytes]] | Skip:
+  """A ChatGPT document's text and the bytes of the image behind each of its `<image>` tokens."""
+  try:
+    text, markers = build_gpt_text(str(doc["example"]), max_images, eos_token)
+    raw = [base64.b64decode(doc["image_map"][m]["base64_image"]) for m in markers]
+  except (KeyError, TypeError):
+    return Skip("missing_field")
+  except (binascii.Error, ValueError):
+    return Skip("undecodable_image")
+  return text, raw
+
+
 def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, image_size: int,
                max_tokens: int, max_images: int, sim_threshold: float, min_images: int,
                min_image_bytes: int, matching: str, random_flip: bool, media_id: int,
                eoc_id: int) -> dict | Skip:
-  """A `{key}.json` MMC4 record -> one sample of the batch contract, or `Skip(reason)`."""
+  """A `{key}.json` MMC4 or ChatGPT record -> one sample of the batch contract, or `Skip(reason)`.
+
+  The images are stored in the order of their `<image>` tokens; those whose token was truncated
+  away are zeroed and masked out.
+  """
   parsed = _parse(record)
   if isinstance(parsed, Skip):
     return parsed
-  sentences, infos, sim = parsed
-  selected = select_images(sentences, infos, sim, sim_threshold=sim_threshold, max_images=max_images,
-                           min_image_bytes=min_image_bytes, matching=matching)
-  if isinstance(selected, Skip):
-    return selected
-  raw, sentence_ixs = selected
+  is_gpt = isinstance(parsed, dict)
+  if is_gpt:  # the image of each marker, in text order; no similarity filter, no single-image drop
+    selected = _gpt_images(parsed, max_images, encoder.eos_token)
+    if isinstance(selected, Skip):
+      return selected
+    text, raw = selected
+    order = list(range(len(raw)))
+  else:
+    sentences, infos, sim = parsed
+    selected = select_images(sentences, infos, sim, sim_threshold=sim_threshold, max_images=max_images,
+                             min_image_bytes=min_image_bytes, matching=matching)
+    if isinstance(selected, Skip):
+      return selected
+    raw, sentence_ixs = selected
+    text, order = build_text(sentences, sentence_ixs, encoder.eos_token), token_order(sentence_ixs)
+  if not raw:
+    return Skip("too_few_images")
   try:
     pixels = np.stack([image_preprocess.clip_preprocess(image_preprocess.decode(b), image_size)
                        for b in raw])
@@ -130,16 +183,16 @@ def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, 
     return Skip("undecodable_image")
   if random_flip and rng.random() < 0.5:  # one draw for all images of the document, as there
     pixels = image_preprocess.hflip(pixels)
-  ids, mask = encoder.encode(build_text(sentences, sentence_ixs, encoder.eos_token), max_tokens)
+  ids, mask = encoder.encode(text, max_tokens)
   n_media = int((ids == media_id).sum())
   if n_media < min_images:
     return Skip("too_few_images")
-  if n_media == 1 and rng.random() <= 0.5:
+  if not is_gpt and n_media == 1 and rng.random() <= 0.5:
     return Skip("single_image_dropped")  # the reference keeps half of the single-image documents
-  if n_media == 1 and ids[-1] == media_id:
+  if not is_gpt and n_media == 1 and ids[-1] == media_id:
     return Skip("image_at_end")  # all labels would be ignored
   images = np.zeros((max_images, 1, image_size, image_size, 3), np.float32)
-  shown = token_order(sentence_ixs)[:n_media]
+  shown = order[:n_media]
   images[:len(shown), 0] = pixels[shown]
   return {"images": images, "image_mask": np.arange(max_images) < len(shown), "input_ids": ids,
           "attention_mask": mask, "labels": labels.mmc4_labels(ids[None], encoder.pad_id, media_id, eoc_id)[0]}

@@ -1,6 +1,6 @@
 """Grain pipelines from WebDataset shards to fixed-shape training batches.
 
-Per dataset: this process's shards -> random-access tar source -> (its every n-th sample if there
+Per dataset: this process's shards -> random-access source (tar or ArrayRecord) -> (its every n-th sample if there
 are fewer shards than processes) -> seeded shuffle, reshuffled every epoch -> repeat ->
 preprocess (in worker processes when `workers > 0`) -> drop and count skipped samples -> batch
 -> (LAION) one random flip per batch. The iterators are Grain `DatasetIterator`s:
@@ -21,7 +21,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from flamingo_jax.data import laion, mmc4
+from flamingo_jax.data import array_record, laion, mmc4
 from flamingo_jax.data.shards import expand_shards, process_shards
 from flamingo_jax.data.skips import Skip, SkipCounter
 from flamingo_jax.data.tar_source import TarShardSource
@@ -61,11 +61,22 @@ class _Preprocess:
     return self._fn(record, self._encoder, rng)
 
 
+def open_source(paths: list[str]):
+  """A random-access source over WebDataset tar shards or their ArrayRecord conversions."""
+  is_ar = [p.endswith(array_record.SUFFIX) for p in paths]
+  if all(is_ar):
+    return array_record.ArrayRecordSource(paths)
+  if any(is_ar):
+    raise ValueError("A dataset's shards must be all tar or all ArrayRecord, got both: "
+                     f"{[p for p, a in zip(paths, is_ar) if a][:2]} and {[p for p, a in zip(paths, is_ar) if not a][:2]}")
+  return TarShardSource(paths)
+
+
 def local_source(name: str, cfg: ml_collections.ConfigDict, process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
   """This process's disjoint part of a dataset's raw records ({"__key__", ext: bytes, ...})."""
   paths, slice_samples = process_shards(expand_shards(cfg[name].shards), process_index, process_count)
-  ds = grain.MapDataset.source(TarShardSource(paths))
+  ds = grain.MapDataset.source(open_source(paths))
   return ds[process_index::process_count] if slice_samples else ds
 
 

@@ -99,10 +99,45 @@ def test_mmc4_filters(tok):
   assert _mmc4(_doc([big], [[0.2, 0.1]]), tok) == Skip("below_similarity_threshold")
   assert _mmc4(_doc([big], [[0.3]]), tok) == Skip("bad_similarity_matrix")
   assert _mmc4({"json": b"{"}, tok) == Skip("bad_json")
-  assert _mmc4({"json": b'{"is_gpt": 1}'}, tok) == Skip("unsupported_document")
+  assert _mmc4({"json": b'{"is_gpt": 1}'}, tok) == Skip("missing_field")
+  assert _mmc4({"json": b'[1, 2]'}, tok) == Skip("bad_json")
   two = _mmc4(_doc([big, big], [[0.1, 0.3], [0.3, 0.1]]), tok)
   assert two["image_mask"].tolist() == [True, True, False]
   assert _mmc4(_doc([big, big], [[0.1, 0.3], [0.3, 0.1]]), tok, min_images=3) == Skip("too_few_images")
+
+
+def _gpt_doc(example, images):
+  image_map = {f"_!_IMAGE{k + 1}_!_": {"base64_image": base64.b64encode(b).decode()} for k, b in enumerate(images)}
+  return {"json": json.dumps({"is_gpt": True, "example": example, "image_map": image_map}).encode()}
+
+
+def test_gpt_text():
+  example = "Intro. _!_IMAGE1_!_ A cat. _!_IMAGE2_!_ A dog. _!_IMAGE3_!_ A bird."
+  assert mmc4.build_gpt_text(example, 3, "</s>") == (
+      "Intro.<image>A cat.<|endofchunk|><image>A dog.<|endofchunk|><image>A bird.<|endofchunk|></s>",
+      ["_!_IMAGE1_!_", "_!_IMAGE2_!_", "_!_IMAGE3_!_"])
+  # More markers than max_images: the text stops before the third image's chunk, keeping two.
+  assert mmc4.build_gpt_text(example, 2, "</s>") == (
+      "Intro.<image>A cat.<|endofchunk|><image>A dog.<|endofchunk|></s>", ["_!_IMAGE1_!_", "_!_IMAGE2_!_"])
+
+
+def test_gpt_documents(tok):
+  rng = np.random.default_rng(1)
+  pictures = [synthetic.draw(rng, 32)[0] for _ in range(3)]
+  jpegs = [synthetic.jpeg(p) for p in pictures]
+  # Markers out of numeric order: images follow the text, not the image_map's numbering.
+  sample = _mmc4(_gpt_doc("_!_IMAGE2_!_ two. _!_IMAGE1_!_ one. _!_IMAGE3_!_ three.", jpegs), tok)
+  assert sample["image_mask"].tolist() == [True, True, True]
+  decoded = [image_preprocess.clip_preprocess(image_preprocess.decode(b), 32) for b in jpegs]
+  for slot, k in enumerate([1, 0, 2]):
+    np.testing.assert_array_equal(sample["images"][slot, 0], decoded[k])
+  ids = tokenizer.special_ids(tok)
+  assert int((sample["input_ids"] == ids["media"]).sum()) == 3
+  # A single image is kept (no 50% drop on this path), even at min_images=1.
+  assert not isinstance(_mmc4(_gpt_doc("_!_IMAGE1_!_ one.", jpegs[:1]), tok), Skip)
+  assert _mmc4(_gpt_doc("_!_IMAGE1_!_ one. _!_IMAGE4_!_", jpegs[:1]), tok) == Skip("missing_field")
+  assert _mmc4(_gpt_doc("no images at all", jpegs[:1]), tok) == Skip("too_few_images")
+  assert _mmc4(_gpt_doc("_!_IMAGE1_!_ x", [b"not an image"]), tok) == Skip("undecodable_image")
 
 
 def test_clip_preprocess_matches_open_clip_transform():

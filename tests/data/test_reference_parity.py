@@ -191,3 +191,55 @@ def test_mmc4_matches_reference(ref, ref_tok, tok, shards, max_tokens):
   laion_dummy = (torch.zeros(1, 3, SIZE, SIZE), (kept[0][1], kept[0][2]))
   ref_labels = _reference_labels(ref, ref_tok, laion_dummy, mmc4_batch)[1]
   np.testing.assert_array_equal(np.stack([o["labels"] for o, _, _ in kept]), ref_labels)
+
+
+def _gpt_records(shards, n_docs):
+  """ChatGPT-format documents (spec 4.2) built from the synthetic MMC4 shard's pictures, with 1 to
+  MAX_IMAGES images whose markers appear in order (the reference's image order)."""
+  pictures = [info["image_base64"] for r in _records(shards, "mmc4", 24) if "json" in r
+              for info in json.loads(r["json"]).get("image_info", []) if "image_base64" in info]
+  rng = random.Random(0)
+  records = []
+  for d in range(n_docs):
+    n = 1 + d % MAX_IMAGES
+    words = ["a", "red", "circle", "on", "the", "left", "two", "blue", "squares"]
+    intro = " ".join(rng.choices(words, k=12 if d % 2 else 0))  # long: no image within 10 tokens
+    example = intro + "".join(f"{' '.join(rng.choices(words, k=rng.randint(0, 6)))} _!_IMAGE{k + 1}_!_ "
+                              for k in range(n)) + " ".join(rng.choices(words, k=4))
+    image_map = {f"_!_IMAGE{k + 1}_!_": {"base64_image": rng.choice(pictures)} for k in range(n)}
+    records.append({"json": json.dumps({"is_gpt": True, "example": example, "image_map": image_map}).encode()})
+  return records
+
+
+@pytest.mark.parametrize("max_tokens", [48, 10])
+def test_chatgpt_sequences_match_reference(ref, ref_tok, tok, shards, max_tokens):
+  size = 224  # the reference zero-pads these documents' images at a hard-coded 224 pixels
+  transform = image_transform(size, is_train=False)
+  ids = tokenizer.special_ids(tok)
+  kept = skipped = 0
+  for i, record in enumerate(_gpt_records(shards, 6)):
+    torch.manual_seed(i)
+    flip_u = float(torch.rand(1))
+    torch.manual_seed(i)
+    ours = mmc4.preprocess(record, TextEncoder(tok), _Scripted(flip_u), image_size=size,
+                           max_tokens=max_tokens, max_images=MAX_IMAGES, sim_threshold=0.24, min_images=1,
+                           min_image_bytes=11_000, matching="argmax", random_flip=True,
+                           media_id=ids["media"], eoc_id=ids["eoc"])
+    try:
+      ref_images, (ref_ids, ref_mask) = ref.data.preprocess_interleaved(
+          (record["json"],), ref_tok, transform, sim_threshold=0.24, min_num_images=1,
+          max_num_images=MAX_IMAGES, max_tokens=max_tokens)
+    except ValueError:
+      assert isinstance(ours, Skip)
+      skipped += 1
+      continue
+    assert not isinstance(ours, Skip), ours
+    np.testing.assert_array_equal(ours["input_ids"], ref_ids[0].numpy())
+    np.testing.assert_array_equal(ours["attention_mask"], ref_mask[0].numpy())
+    shown = int(ours["image_mask"].sum())
+    np.testing.assert_allclose(ours["images"][:shown, 0], ref_images[:shown].numpy().transpose(0, 2, 3, 1),
+                               atol=1e-5)
+    assert not ours["images"][shown:].any()
+    kept += 1
+  print(f"kept {kept}, skipped {skipped}")
+  assert kept and (skipped or max_tokens > 20)
