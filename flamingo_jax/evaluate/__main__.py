@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections import config_flags
 
 import configs
+from flamingo_jax import runtime
 
 _EVAL_CONFIG = config_flags.DEFINE_config_file(
     "eval_config", os.path.join(os.path.dirname(configs.__file__), "eval_common.py"),
@@ -71,13 +72,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   cfg = _model_config()
-  import jax  # pylint: disable=g-import-not-at-top
-  if cfg.backend == "cpu":
-    jax.config.update("jax_platforms", "cpu")
-  elif cfg.backend == "tpu" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    # Every host runs this same command (TPU VM peers are found automatically; GPU hosts use
-    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
-    jax.distributed.initialize()
+  runtime.start(cfg.backend)
   from flamingo_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
   config_path = config_flags.get_config_filename(flags.FLAGS["config"]) if _CONFIG.value else None
   model_name = _MODEL_NAME.value or runner.guess_model_name(cfg, config_path)

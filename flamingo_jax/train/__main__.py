@@ -4,14 +4,15 @@
   python -m flamingo_jax.train --config=configs/of_3b.py:tpu --workdir=gs://bucket/run \
       --config.data.mmc4.shards=... --config.checkpoint.base=...
 
-A restarted job resumes from the latest checkpoint in --workdir by itself.
+A restarted job resumes from the latest checkpoint in --workdir by itself. A multi-host job runs
+the same command on every host (see flamingo_jax/runtime.py for how the hosts find each other).
 """
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
+
+from flamingo_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally file.py:arg).",
                                           lock_config=True)
@@ -23,14 +24,8 @@ def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax/clu INFO lines drown the progress lines
-  import jax  # pylint: disable=g-import-not-at-top
   cfg = _CONFIG.value
-  if cfg.backend == "cpu":
-    jax.config.update("jax_platforms", "cpu")
-  elif cfg.backend == "tpu" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    # Every host runs this same command; on TPU VMs the peers are found automatically, on GPU
-    # hosts from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-    jax.distributed.initialize()
+  runtime.start(cfg.backend)
   from flamingo_jax.train import loop  # pylint: disable=g-import-not-at-top
   loop.train_and_evaluate(cfg, _WORKDIR.value)
 

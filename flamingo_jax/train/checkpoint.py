@@ -3,54 +3,76 @@
 Orbax writes each step to a temporary directory and renames it when complete, so a checkpoint
 is whole or absent. Saves are asynchronous (training continues while the previous one is written).
 The frozen weights are not saved here: they come from the base checkpoint (or the seed).
+
+Each dataset's iterator is an item of its own, written by Grain's Orbax handler: one JSON file
+per JAX process (`data_laion/process_1-of-4.json`), since every host reads its own part of the
+data and so has its own position in it.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 
-class Checkpointer:
-  """Keep-N manager of {state, data} items under `workdir/checkpoints`."""
+def data_item(name: str) -> str:
+  """The checkpoint item that holds dataset `name`'s iterator state."""
+  return f"data_{name}"
 
-  def __init__(self, workdir: str, keep: int, asynchronous: bool = True):
-    self.directory = epath.Path(workdir).absolute() / "checkpoints" if "://" not in workdir else epath.Path(workdir) / "checkpoints"
+
+class Checkpointer:
+  """Keep-N manager of the train state and the iterators of `data_names` under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, keep: int, data_names: tuple[str, ...] = (), asynchronous: bool = True):
+    root = epath.Path(workdir)
+    self.directory = (root if "://" in workdir else root.absolute()) / "checkpoints"
+    self.data_names = tuple(data_names)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=asynchronous),
-        item_names=("state", "data"))
+        item_names=("state",) + tuple(map(data_item, self.data_names)))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> None:
-    """Starts an asynchronous save of `state` and the iterators' state at `step`."""
+  def save(self, step: int, state: Any, iterators: dict[str, grain.DatasetIterator], force: bool = False) -> None:
+    """Starts an asynchronous save of `state`; the iterators' positions are taken now."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_jsonable(data_state))), force=force)
+        **{data_item(n): grain.checkpoint.CheckpointSave(iterators[n]) for n in self.data_names}),
+        force=force)
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """The state (placed as `abstract_state`'s shardings say) and the iterators' state."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out["state"], out["data"]
+  def restore(self, step: int, abstract_state: Any,
+              iterators: dict[str, grain.DatasetIterator] | None = None) -> Any:
+    """The state (placed as `abstract_state`'s shardings say); `iterators` are moved to where
+    this process's iterators were at `step`."""
+    iterators = iterators or {}
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          **{data_item(n): grain.checkpoint.CheckpointRestore(it) for n, it in iterators.items()}))
+    except ValueError as e:
+      if "process_" in str(e):  # Grain names the per-process file it did not find.
+        raise ValueError(f"The data positions in {self.directory / str(step)} were written by a "
+                         f"different number of processes than this job's {jax.process_count()}: {e}") from e
+      raise
+    return out["state"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every host of a multi-host job has agreed to save at `step` after a preemption
+    notice (JAX's preemption service); always False in a single-process job."""
+    return self.manager.reached_preemption(step)
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def _jsonable(tree: dict) -> dict:
-  """Grain iterator states are dicts of plain values; round-trip through JSON to be sure."""
-  return json.loads(json.dumps(tree, default=lambda o: o.decode() if isinstance(o, bytes) else str(o)))
 
 
 def abstract_like(tree: Any) -> Any:

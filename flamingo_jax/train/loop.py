@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from flamingo_jax.data import pipeline, tokenizer
@@ -26,19 +27,32 @@ class NonFiniteError(FloatingPointError):
 
 
 class _Preemption:
-  """Turns SIGTERM (TPU preemption) into a flag the loop checks between steps."""
+  """Whether to save and exit after a step because of a preemption notice (SIGTERM).
 
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  In a single process, a SIGTERM handler sets a flag. In a multi-host job the hosts must agree
+  on the step to save at, whichever of them got the notice: JAX's preemption service (which
+  catches SIGTERM itself, so no Python handler is installed) picks the step.
+  """
+
+  def __init__(self, ckpt: checkpoint.Checkpointer):
+    self._ckpt = ckpt
+    self._flag = False
+    self._local = jax.process_count() == 1
+    if self._local:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM received: saving a checkpoint and exiting")
-    self.requested = True
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    """Called after every step, by every host."""
+    return self._flag if self._local else self._ckpt.reached_preemption(step)
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._local:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def setup_mesh(cfg):
@@ -92,6 +106,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   tok = tokenizer.load_tokenizer(cfg.tokenizer_path)
   if jax.process_index() == 0:
     pipeline.ensure_synthetic_shards(cfg.data)
+  multihost_utils.sync_global_devices("synthetic shards written")
   iters, skips = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
                                                process_count=jax.process_count())
   variables, shardings, _ = load_frozen_and_params(cfg, mesh, rule_set)
@@ -100,18 +115,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   with mesh, nn.logical_axis_rules(rule_set):
     state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
   del variables
-  ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
+  ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
   start = ckpt.latest_step()
-  if start is not None:  # Restore order: model state first, then the data position it belongs to.
-    state, data_state = ckpt.restore(start, checkpoint.abstract_like(state))
-    for name, it in iters.items():
-      it.set_state(data_state[name])
+  if start is not None:  # The model state and the data positions it belongs to, together.
+    state = ckpt.restore(start, checkpoint.abstract_like(state), iters)
     print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = jax.jit(step_lib.make_train_step(cfg, tx), donate_argnums=0,
                     out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
   writer = metrics.make_writer(workdir)
-  preempt = _Preemption()
+  preempt = _Preemption(ckpt)
   history = []
   try:
     history = _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt,
@@ -164,14 +177,13 @@ def _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn,
               f"{logged['loss_mmc4']:.4f}  laion {logged['loss_laion']:.4f}  mean tanh(attn_gate) "
               f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  "
               f"[{time.time() - t0:.0f}s]", flush=True)
-      data_state = {name: it.get_state() for name, it in iters.items()}
-      if preempt.requested:
-        ckpt.save(step, state, data_state, force=True)
+      if preempt.requested(step):
+        ckpt.save(step, state, iters, force=True)
         ckpt.wait()
         print(f"Preempted: checkpoint for step {step} written to {ckpt.directory}", flush=True)
         raise SystemExit(0)
       if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
-        ckpt.save(step, state, data_state)
+        ckpt.save(step, state, iters)
   return history + [state]
 
 
@@ -181,7 +193,8 @@ def evaluate_image_dependence(cfg, mesh, rule_set, params, frozen, tok, batches:
   held_out = cfg.data.copy_and_resolve_references()
   with held_out.unlocked():
     held_out.seed = cfg.data.seed + 1000
-  iters, _ = pipeline.make_train_iterators(held_out, tok)
+  iters, _ = pipeline.make_train_iterators(held_out, tok, process_index=jax.process_index(),
+                                           process_count=jax.process_count())
   eval_fn = jax.jit(step_lib.make_eval_loss(cfg))
   real, blank = [], []
   with mesh, nn.logical_axis_rules(rule_set):

@@ -22,6 +22,17 @@ def make_writer(workdir: str):
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """Every scalar a run wrote to TensorBoard under `workdir`: {tag: {step: value}} (the last
+  value written wins where a resumed run wrote a step again)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+          for tag in events.Tags()["tensors"]}
+
+
 class Throughput:
   """samples/s, tokens/s and MFU over the interval since the last call."""
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from flamingo_jax.data import synthetic
+from flamingo_jax.data import pipeline, synthetic, tokenizer
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
@@ -130,16 +130,23 @@ def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out
   assert "Preempted: checkpoint for step" in out
-  ckpt = checkpoint.Checkpointer(workdir, 3)
+  ckpt = checkpoint.Checkpointer(workdir, 3, data_names=("laion", "mmc4"))
   step = ckpt.latest_step()
   assert step is not None and step >= 3
-  cfg = tiny.get_config()
+  cfg = _cfg(shards)
   mesh, rule_set = loop.setup_mesh(cfg)
   variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
   state = TrainState.create(variables["params"], tx)
-  restored, data_state = ckpt.restore(step, checkpoint.abstract_like(state))
-  assert int(restored.step) == step and set(data_state) == {"laion", "mmc4"}
+  iters, _ = pipeline.make_train_iterators(cfg.data, tokenizer.load_tokenizer(cfg.tokenizer_path))
+  restored = ckpt.restore(step, checkpoint.abstract_like(state), iters)
+  assert int(restored.step) == step
+  # The iterators continue after the `step` batches the run consumed.
+  fresh, _ = pipeline.make_train_iterators(cfg.data, tokenizer.load_tokenizer(cfg.tokenizer_path))
+  for name in iters:
+    for _ in range(step):
+      next(fresh[name])
+    np.testing.assert_array_equal(next(iters[name])["input_ids"], next(fresh[name])["input_ids"])
 
 
 def test_training_starts_from_a_base_checkpoint(shards, tmp_path):
