@@ -13,7 +13,11 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
       loss_multiplier_mmc4=1.0, loss_multiplier_laion=0.2))
   c.train = ml_collections.ConfigDict(dict(num_steps=100_000, log_every=100,
                                           check_finite_every=1,   # 0: never (no host sync)
-                                          profile_start=10, profile_steps=0))  # >0: trace steps
+                                          # A non-finite loss or gradient: "stop" the run, or
+                                          # "skip" the update (error after this many in a row).
+                                          non_finite="stop", max_skipped_in_a_row=10,
+                                          profile_start=10, profile_steps=0,  # >0: trace steps
+                                          profile_every_steps=0))  # >0: trace again
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)

@@ -146,11 +146,10 @@ def _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn,
   tokens = (cfg.data.laion.batch_size * cfg.data.laion.max_tokens
             + cfg.data.mmc4.batch_size * cfg.data.mmc4.max_tokens)
   history, throughput, t0 = [], None, time.time()
+  skip = step_lib.non_finite_policy(cfg) == "skip"
+  skipped = in_a_row = 0  # Updates dropped for non-finite values (train.non_finite="skip").
   step = start
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (pulls in TensorFlow)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=writer,
-                                           every_secs=60),
-           metrics.Profiler(workdir, cfg.train.profile_start, cfg.train.profile_steps)]
+  hooks = metrics.progress_hooks(cfg, workdir, writer)
   with mesh, nn.logical_axis_rules(rule_set):
     while step < cfg.train.num_steps:
       batches = {k: global_batch(v, mesh) for k, v in next_batches(iters).items()}
@@ -160,14 +159,25 @@ def _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn,
       step += 1
       if cfg.train.check_finite_every and step % cfg.train.check_finite_every == 0:
         if not bool(m["finite"]):
-          raise NonFiniteError(f"Non-finite loss or gradient at step {step} (loss {float(m['loss'])},"
-                               f" grad norm {float(m['grad_norm'])}); no checkpoint was written for it")
+          what = f"Non-finite loss or gradient at step {step} (loss {float(m['loss'])}, grad norm " \
+                 f"{float(m['grad_norm'])})"
+          if not skip:
+            raise NonFiniteError(f"{what}; no checkpoint was written for it")
+          skipped, in_a_row = skipped + 1, in_a_row + 1
+          print(f"{what}: update skipped ({skipped} so far)", flush=True)
+          if in_a_row > cfg.train.max_skipped_in_a_row:
+            raise NonFiniteError(f"{what}: {in_a_row} updates in a row skipped, more than "
+                                 f"train.max_skipped_in_a_row={cfg.train.max_skipped_in_a_row}; stopping")
+        else:
+          in_a_row = 0
       state = new_state
       for hook in hooks:
         hook(step)
       if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
         logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
                   **{f"skipped/{k}": float(v) for k, v in skips.counts.items()}}
+        if skip:
+          logged["skipped/non_finite_steps"] = float(skipped)
         logged.pop("finite", None)
         logged["step"] = step
         writer.write_scalars(step, logged)

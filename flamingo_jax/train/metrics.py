@@ -75,22 +75,20 @@ def step_flops(cfg, tx, batches) -> float | None:
   return (cost or {}).get("flops")
 
 
-class Profiler:
-  """Traces `num_steps` training steps from step `start` for TensorBoard's profile plugin."""
-
-  def __init__(self, logdir: str, start: int, num_steps: int):
-    self.logdir, self.start, self.stop = logdir, start, start + num_steps
-    self.active = False
-
-  def __call__(self, step: int) -> None:
-    if self.stop <= self.start or jax.process_index() != 0:
-      return
-    if step == self.start and not self.active:
-      jax.profiler.start_trace(self.logdir)
-      self.active = True
-    elif step >= self.stop and self.active:
-      jax.profiler.stop_trace()
-      self.active = False
+def progress_hooks(cfg, workdir: str, writer) -> list:
+  """clu periodic actions called after every step: a progress report (steps/s, ETA) each minute,
+  and, if `train.profile_steps` > 0, a jax.profiler trace of that many steps from
+  `train.profile_start` (then every `train.profile_every_steps`, if set) for TensorBoard's
+  profile plugin. Only process 0 traces."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (pulls in TensorFlow)
+  hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=writer,
+                                           every_secs=60)]
+  if cfg.train.profile_steps > 0 and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, num_profile_steps=cfg.train.profile_steps, profile_duration_ms=0,
+        first_profile=cfg.train.profile_start, every_secs=None,
+        every_steps=cfg.train.get("profile_every_steps") or None))
+  return hooks
 
 
 def scalars(metrics: dict) -> dict[str, float]:

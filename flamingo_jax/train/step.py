@@ -36,10 +36,19 @@ def gate_values(params) -> dict[str, jax.Array]:
   return out
 
 
+def non_finite_policy(cfg: ml_collections.ConfigDict) -> str:
+  """'stop' (the run ends with an error naming the step) or 'skip' (that step's update is dropped)."""
+  policy = cfg.train.get("non_finite", "stop")
+  if policy not in ("stop", "skip"):
+    raise ValueError(f"train.non_finite must be 'stop' or 'skip', not {policy!r}")
+  return policy
+
+
 def make_train_step(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> Callable:
   """(state, frozen, batches) -> (state, metrics); jit it with shardings at the call site."""
   model = Flamingo(cfg.model)
   weights = {"mmc4": cfg.optim.loss_multiplier_mmc4, "laion": cfg.optim.loss_multiplier_laion}
+  skip_non_finite = non_finite_policy(cfg) == "skip"
 
   def loss_fn(params, frozen, batches):
     losses = {}
@@ -57,6 +66,10 @@ def make_train_step(cfg: ml_collections.ConfigDict, tx: optax.GradientTransforma
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    if skip_non_finite:  # Keep the previous params and optimizer state; the batch is consumed.
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree_util.tree_map(keep, params, state.params)
+      opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {"loss": total, "loss_mmc4": losses["mmc4"], "loss_laion": losses["laion"],
                "grad_norm": grad_norm, "finite": finite, **gate_values(params)}

@@ -116,6 +116,40 @@ def test_non_finite_loss_stops_before_checkpointing(shards, tmp_path):
   assert checkpoint.Checkpointer(str(tmp_path), 3).latest_step() == 1
 
 
+def test_non_finite_update_is_skipped_when_the_config_says_so(shards):
+  cfg = _cfg(shards)
+  cfg.train.non_finite = "skip"
+  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  mesh, rule_set = loop.setup_mesh(cfg)
+  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  tx = optimizer.make_optimizer(cfg.optim)
+  step = jax.jit(step_lib.make_train_step(cfg, tx))
+  good = _batches(cfg)
+  bad = _batches(cfg)
+  bad["laion"]["images"][0] = np.nan
+  with mesh, nn.logical_axis_rules(rule_set):
+    state = TrainState.create(variables["params"], tx)
+    before = jax.device_get(state)
+    skipped, m = step(state, variables["frozen"], {k: loop.global_batch(v, mesh) for k, v in bad.items()})
+    assert not bool(m["finite"]) and int(skipped.step) == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(skipped.params), before.params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(skipped.opt_state), before.opt_state)
+    applied = skipped
+    for _ in range(2):  # (The warmup's first learning rate is 0, as in the reference.)
+      applied, m = step(applied, variables["frozen"], {k: loop.global_batch(v, mesh) for k, v in good.items()})
+      assert bool(m["finite"])
+  changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), jax.device_get(applied.params),
+                                   before.params)
+  assert any(jax.tree_util.tree_leaves(changed))
+
+
+def test_too_many_skipped_updates_in_a_row_stop_the_run(shards, tmp_path):
+  cfg = _cfg(shards, num_steps=20, non_finite="skip", max_skipped_in_a_row=2)
+  cfg.optim.learning_rate = float("nan")  # Step 1's update makes every later loss NaN.
+  with pytest.raises(loop.NonFiniteError, match="3 updates in a row skipped"):
+    loop.train_and_evaluate(cfg, str(tmp_path))
+
+
 def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
   workdir = str(tmp_path / "run")
   args = [sys.executable, "-m", "flamingo_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
@@ -180,11 +214,14 @@ def test_step_flops_count_every_layer_even_when_scanned():
 
 
 def test_profiler_writes_a_trace(tmp_path):
-  prof = metrics.Profiler(str(tmp_path), start=1, num_steps=2)
+  cfg = tiny.get_config().unlock()
+  cfg.train.update(profile_start=2, profile_steps=2, num_steps=5)
+  hooks = metrics.progress_hooks(cfg, str(tmp_path), writer=None)
   f = jax.jit(lambda x: (x @ x).sum())
-  for step in range(1, 5):
+  for step in range(1, 6):
     f(jnp.ones((64, 64))).block_until_ready()
-    prof(step)
+    for hook in hooks[1:]:
+      hook(step)
   assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
 
 
