@@ -48,6 +48,9 @@ class Dense(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable | None = None  # default: fan-in truncated normal over the in dims
+  # Return a tuple, one output per index of the first feature dim (a fused k/v or q/k/v kernel):
+  # each is its own matrix product, so no gradient is padded back into the fused shape.
+  split_outputs: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -59,14 +62,24 @@ class Dense(nn.Module):
         out_axis=tuple(range(n_in, n_in + len(features))))
     kernel = make_param(self, self.collection, "kernel", init, (*in_shape, *features),
                         self.param_dtype, (*self.in_axes, *self.out_axes))
-    contract = tuple(range(x.ndim - n_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(n_in))), ((), ())))
+    # Leading dims merged into one: both the forward and the kernel's gradient are then plain
+    # matrix products (XLA:CPU runs a gradient contracting over several dims several times slower).
+    lead = x.shape[:-n_in]
+    rows = x.reshape(-1, *in_shape).astype(self.dtype)
+    bias = None
     if self.use_bias:
       bias = make_param(self, self.collection, "bias", nn.initializers.zeros, features,
                         self.param_dtype, self.out_axes)
-      y = y + bias.astype(self.dtype)
-    return y
+
+    def project(k, b):
+      y = jax.lax.dot_general(rows, k.astype(self.dtype), ((tuple(range(1, n_in + 1)), tuple(range(n_in))), ((), ())))
+      y = y.reshape(*lead, *k.shape[n_in:])
+      return y if b is None else y + b.astype(self.dtype)
+
+    if not self.split_outputs:
+      return project(kernel, bias)
+    at = (slice(None),) * n_in
+    return tuple(project(kernel[(*at, i)], None if bias is None else bias[i]) for i in range(features[0]))
 
 
 class LayerNorm(nn.Module):

@@ -48,11 +48,11 @@ class PerceiverAttention(nn.Module):
     latents = LayerNorm(name="norm_latents", **kw)(latents)
     q = Dense((self.heads, self.dim_head), ("vision_embed",), ("heads", "kv"), name="to_q", **kw)(latents)
     kv_in = jnp.concatenate([media, latents], axis=-2)
-    kv = Dense((2, self.heads, self.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
-               **kw)(kv_in)
+    k, v = Dense((2, self.heads, self.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
+                 split_outputs=True, **kw)(kv_in)
     b, t = q.shape[:2]
     merge = lambda a: a.reshape(b * t, *a.shape[2:])
-    out = layers.attention(merge(q), merge(kv[..., 0, :, :]), merge(kv[..., 1, :, :]))
+    out = layers.attention(merge(q), merge(k), merge(v))
     out = out.reshape(b, t, *out.shape[1:])
     return Dense(dim, ("heads", "kv"), ("vision_embed",), name="to_out", **kw)(out)
 

@@ -44,13 +44,14 @@ class MaskedCrossAttention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.norm = LayerNorm(**kw)
     self.to_q = Dense((c.heads, c.dim_head), ("embed",), ("heads", "kv"), **kw)
-    self.to_kv = Dense((2, c.heads, c.dim_head), ("vision_embed",), (None, "heads", "kv"), **kw)
+    self.to_kv = Dense((2, c.heads, c.dim_head), ("vision_embed",), (None, "heads", "kv"),
+                       split_outputs=True, **kw)
     self.to_out = Dense(self.out_features, ("heads", "kv"), ("embed",), **kw)
 
   def media_kv(self, media: jax.Array) -> dict:
     """(B, T, N, E) latents -> their keys and values, each (B, T, N, H, d)."""
-    kv = self.to_kv(media)
-    return {"k": kv[..., 0, :, :], "v": kv[..., 1, :, :]}
+    k, v = self.to_kv(media)
+    return {"k": k, "v": v}
 
   def __call__(self, x: jax.Array, media_kv: dict, text_time: jax.Array) -> jax.Array:
     c = self.cfg

@@ -246,3 +246,36 @@ def test_export_from_a_sharded_training_run(shards, tmp_path):
   np.testing.assert_array_equal(
       sd["lang_encoder.transformer.blocks.0.gated_cross_attn_layer.ff_gate"].numpy(), trained)
   assert not np.array_equal(trained, np.asarray(base["params"]["xattn_0"]["ff_gate"]))
+
+
+def test_jaxpr_matmul_flops_match_hand_counts():
+  w, x = jnp.ones((3, 8, 8)), jnp.ones((4, 8))
+
+  def loss(w, x):
+    y, _ = jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)
+    return jax.checkpoint(lambda y: (y @ w[0]).sum())(y)
+
+  # forward scan 3·(2·4·8·8), head 2·4·8·8, remat'd head backward 2·(2·4·8·8), scan backward 3·2·(2·4·8·8)
+  assert metrics.jaxpr_matmul_flops(jax.jit(jax.grad(loss)).trace(w, x).jaxpr) == 12 * 512
+  image, kernel = jnp.ones((2, 3, 32, 32)), jnp.ones((16, 3, 4, 4))
+  conv = jax.make_jaxpr(lambda i, k: jax.lax.conv_general_dilated(i, k, (4, 4), "VALID"))(image, kernel)
+  assert metrics.jaxpr_matmul_flops(conv) == 2 * (2 * 16 * 8 * 8) * (3 * 4 * 4)
+  a, b = jnp.ones((5, 4, 6)), jnp.ones((5, 6, 7))
+  batched = jax.make_jaxpr(lambda a, b: jnp.einsum("bij,bjk->bik", a, b))(a, b)
+  assert metrics.jaxpr_matmul_flops(batched) == 2 * 5 * 4 * 6 * 7
+  branches = lambda p, a, b: jax.lax.cond(p, lambda: (a @ b[0]).sum(), lambda: (a[0] @ b[0]).sum())
+  assert metrics.jaxpr_matmul_flops(jax.make_jaxpr(branches)(True, a, b)) == 5 * 2 * 4 * 6 * 7
+
+
+def test_matmul_flops_are_most_of_xla_count_for_the_train_step():
+  """The jaxpr count (what a GPU's MFU rests on) agrees with XLA's CPU count on the same step."""
+  cfg = tiny.get_config().unlock()
+  tx = optimizer.make_optimizer(cfg.optim)
+  batches = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _batches(cfg))
+  abstract = nn.unbox(shapes.abstract_variables(cfg.model))
+  state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
+  traced = jax.jit(step_lib.make_train_step(cfg, tx)).trace(state, abstract["frozen"], batches)
+  xla = traced.lower().cost_analysis()
+  xla = (xla[0] if isinstance(xla, list) else xla)["flops"]
+  dots = metrics.jaxpr_matmul_flops(traced.jaxpr)
+  assert 0.5 * xla < dots <= xla

@@ -41,9 +41,8 @@ class SelfAttention(nn.Module):
     b, length, dim = x.shape
     heads, d = c.num_heads, dim // c.num_heads
     kw = dict(collection=FROZEN, dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = Dense((3, heads, d), ("embed",), (None, "heads", "kv"), use_bias=c.use_bias, name="qkv",
-                **kw)(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = Dense((3, heads, d), ("embed",), (None, "heads", "kv"), use_bias=c.use_bias, name="qkv",
+                    split_outputs=True, **kw)(x)
     if c.qk_layer_norm:  # MosaicGPT normalises q and k over the whole d_model.
       norm = lambda name, t: LayerNorm(c.ln_eps, use_bias=c.norm_bias, name=name, **kw)(
           t.reshape(b, length, dim)).reshape(b, length, heads, d)
