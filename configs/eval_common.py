@@ -16,6 +16,13 @@ import ml_collections
 from configs import common
 
 
+def _tfds_fields() -> dict:
+  # Read the task through tensorflow-datasets instead of files: tfds_name "coco_captions/2014" or
+  # "imagenet2012" (prepared under tfds_data_dir, "" = TFDS's default); images are written out
+  # once under tfds_image_dir. The file paths of the section are then unused.
+  return dict(tfds_name="", tfds_data_dir="", tfds_image_dir="")
+
+
 def _data_config(root: str) -> ml_collections.ConfigDict:
   j = lambda *p: os.path.join(root, *p) if root else ""
   d = ml_collections.ConfigDict()
@@ -23,7 +30,8 @@ def _data_config(root: str) -> ml_collections.ConfigDict:
       karpathy_json=j("mscoco_karpathy", "dataset_coco.json"),
       train_image_dir=j("mscoco_karpathy", "train2014"),
       val_image_dir=j("mscoco_karpathy", "val2014"),
-      annotations_json=j("mscoco_karpathy", "annotations", "captions_val2014.json"))
+      annotations_json=j("mscoco_karpathy", "annotations", "captions_val2014.json"),
+      **_tfds_fields())
   d.flickr30 = dict(
       karpathy_json=j("flickr30k", "dataset_flickr30k.json"),
       image_dir=j("flickr30k", "flickr30k-images"),
@@ -51,7 +59,8 @@ def _data_config(root: str) -> ml_collections.ConfigDict:
                          train_jsonl=j("hateful_memes", "train.json"),
                          test_jsonl=j("hateful_memes", "dev.json"))
   d.imagenet = dict(root=j("imagenet"),  # ImageFolder train/ and val/
-                    class_names="")      # JSON list; "" = the 1000 names OpenFlamingo uses
+                    class_names="",      # JSON list; "" = the 1000 names OpenFlamingo uses
+                    **_tfds_fields())
   return d
 
 

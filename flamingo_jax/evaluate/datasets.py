@@ -9,6 +9,7 @@
   for aligned files and silently wrong otherwise). Annotations may be absent (test-dev).
 - HatefulMemes: JSON lines with id, img, text, label.
 - ImageNet: an ImageFolder tree (`root/train/<wnid>/*.JPEG`), classes in sorted folder order.
+- COCO and ImageNet can also come from tensorflow-datasets (tfds_datasets.py).
 """
 from __future__ import annotations
 
@@ -188,7 +189,11 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def load_task_data(task: str, cfg) -> TaskData:
-  """Reads the demonstration pool and the test split of `task` from config paths."""
+  """Reads the demonstration pool and the test split of `task` from config paths, or from
+  tensorflow-datasets where the section names a TFDS dataset (`tfds_name`: coco, imagenet)."""
+  if cfg.get("tfds_name"):
+    from flamingo_jax.evaluate import tfds_datasets  # pylint: disable=g-import-not-at-top
+    return tfds_datasets.load_task_data_tfds(task, cfg, _imagenet_names(cfg) if task == "imagenet" else ())
   if task in ("coco", "flickr30"):
     kw = dict(dataset=task, image_dir=cfg.train_image_dir if task == "coco" else cfg.image_dir,
               val_image_dir=cfg.get("val_image_dir") or None)
@@ -206,11 +211,18 @@ def load_task_data(task: str, cfg) -> TaskData:
     test, test_folders = read_image_folder(os.path.join(cfg.root, "val"))
     if folders != test_folders:
       raise ValueError("ImageNet train and val have different class folders")
-    names = tuple(json.load(open(cfg.class_names))) if cfg.get("class_names") else imagenet_class_names()
+    names = _imagenet_names(cfg)
     if len(names) != len(folders):
       raise ValueError(f"{len(folders)} class folders but {len(names)} class names")
     return TaskData(train, test, names)
   raise ValueError(f"Unknown task {task!r}")
+
+
+def _imagenet_names(cfg) -> tuple[str, ...]:
+  if not cfg.get("class_names"):
+    return imagenet_class_names()
+  with open(cfg.class_names) as f:
+    return tuple(json.load(f))
 
 
 def subset(examples: list, indices: np.ndarray) -> list:
