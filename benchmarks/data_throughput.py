@@ -11,7 +11,6 @@ run without worker processes (persistent_workers), so it is timed for 1 and N wo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import data as data_config  # noqa: E402
 from flamingo_jax.data import pipeline, synthetic, tokenizer  # noqa: E402
+from tests import reference_train_code  # noqa: E402
 
 TOKENIZER = os.path.join(os.path.dirname(tokenizer.__file__), "..", "assets", "tiny_tokenizer")
 
@@ -42,41 +42,6 @@ def ours(cfg, tok, name: str, workers: int, batches: int) -> float:
   return _rate(it, cfg[name].batch_size, batches)
 
 
-class _V4Tokenizer:
-  """The reference reads `additional_special_tokens(_ids)`, which transformers 5 renamed."""
-
-  def __init__(self, tok):
-    object.__setattr__(self, "_tok", tok)
-
-  def __getattr__(self, name):
-    return getattr(self._tok, name)
-
-  def __setattr__(self, name, value):
-    setattr(self._tok, name, value)
-
-  def __call__(self, *args, **kwargs):
-    return self._tok(*args, **kwargs)
-
-  @property
-  def additional_special_tokens(self):
-    return list(self._tok.extra_special_tokens)
-
-  @property
-  def additional_special_tokens_ids(self):
-    return self._tok.convert_tokens_to_ids(self.additional_special_tokens)
-
-
-def _reference_data():
-  import open_flamingo  # pylint: disable=g-import-not-at-top
-  train_dir = os.path.join(os.path.dirname(open_flamingo.__file__), "train")
-  for name, file in (("data_utils", "data_utils.py"), ("of_train_data", "data.py")):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(train_dir, file))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules["of_train_data"]
-
-
 def _brace(paths: list[str]) -> str:
   """write_shards' paths as one WebDataset brace pattern, e.g. dir/laion-{00000..00003}.tar."""
   head, tail = paths[0][:-len("00000.tar")], ".tar"
@@ -85,7 +50,7 @@ def _brace(paths: list[str]) -> str:
 
 def reference(cfg, tok, paths, name: str, workers: int, batches: int) -> float:
   from open_clip.transform import image_transform  # pylint: disable=g-import-not-at-top
-  ref = _reference_data()
+  ref = reference_train_code.load().data
   logging.getLogger().setLevel(logging.ERROR)  # it logs every skipped sample as a warning
   args = types.SimpleNamespace(
       laion_shards=_brace(paths["laion"]), mmc4_shards=_brace(paths["mmc4"]), dataset_resampled=True,
@@ -94,7 +59,7 @@ def reference(cfg, tok, paths, name: str, workers: int, batches: int) -> float:
       mmc4_min_num_images=cfg.mmc4.min_images, mmc4_max_num_images=cfg.mmc4.max_images)
   # The reference reads the length caps from function defaults: 32 (LAION) and 256 (MMC4).
   make = ref.get_laion_dataset if name == "laion" else ref.get_mmc4_dataset
-  info = make(args, image_transform(cfg.image_size, is_train=False), _V4Tokenizer(tok))
+  info = make(args, image_transform(cfg.image_size, is_train=False), reference_train_code.V4Tokenizer(tok))
   return _rate(iter(info.dataloader), cfg[name].batch_size, batches)
 
 

@@ -4,12 +4,10 @@
 Randomness is controlled, not disabled: the reference's flip (torch) and single-image drop
 (`random`) are seeded, their draws read back, and the same values fed to our functions.
 """
-import importlib.util
 import io
 import json
 import os
 import random
-import sys
 import types
 
 import numpy as np
@@ -25,55 +23,20 @@ from flamingo_jax.data import laion, mmc4, tokenizer  # pylint: disable=g-import
 from flamingo_jax.data.skips import Skip  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.tar_source import TarShardSource  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.text import TextEncoder  # pylint: disable=g-import-not-at-top
+from tests import reference_train_code  # pylint: disable=g-import-not-at-top
 
 SIZE, LAION_LEN, MAX_IMAGES = 64, 16, 3
-
-
-def _load(name, path):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
 def ref():
   """The reference's train/data.py and train_utils.py as modules."""
-  train_dir = os.path.join(os.path.dirname(open_flamingo.__file__), "train")
-  sys.modules.setdefault("wandb", types.ModuleType("wandb"))  # imported, used only when logging to W&B
-  _load("data_utils", os.path.join(train_dir, "data_utils.py"))  # data.py star-imports it by name
-  return types.SimpleNamespace(data=_load("of_train_data", os.path.join(train_dir, "data.py")),
-                               train_utils=_load("of_train_utils", os.path.join(train_dir, "train_utils.py")))
-
-
-class _V4Tokenizer:
-  """The reference reads `additional_special_tokens(_ids)`, which transformers 5 renamed."""
-
-  def __init__(self, tok):
-    object.__setattr__(self, "_tok", tok)
-
-  def __getattr__(self, name):
-    return getattr(self._tok, name)
-
-  def __setattr__(self, name, value):
-    setattr(self._tok, name, value)
-
-  def __call__(self, *args, **kwargs):
-    return self._tok(*args, **kwargs)
-
-  @property
-  def additional_special_tokens(self):
-    return list(self._tok.extra_special_tokens)
-
-  @property
-  def additional_special_tokens_ids(self):
-    return self._tok.convert_tokens_to_ids(self.additional_special_tokens)
+  return reference_train_code.load()
 
 
 @pytest.fixture(scope="module")
 def ref_tok(tokenizer_dir):
-  return _V4Tokenizer(tokenizer.load_tokenizer(tokenizer_dir))
+  return reference_train_code.V4Tokenizer(tokenizer.load_tokenizer(tokenizer_dir))
 
 
 class _Scripted:
