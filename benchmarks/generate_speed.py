@@ -11,6 +11,7 @@ shapes for an accelerator. fp32 on both sides, TF32 off. Compilation is excluded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -39,8 +40,8 @@ def _time(fn, repeats):
   return (time.perf_counter() - start) / repeats, out
 
 
-def _print_logit_agreement(cfg, variables, torch_model, vision, ids, mask, device):
-  """The prompt's logits from both models: greedy tokens can only agree where these do."""
+def _both_logits(cfg, variables, torch_model, vision, ids, mask, device):
+  """Full-forward logits of both models for the same inputs, as float32 numpy."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flamingo_jax.models.flamingo import Flamingo  # pylint: disable=g-import-not-at-top
   ours = np.asarray(Flamingo(cfg).apply(variables, jnp.asarray(vision), jnp.asarray(ids),
@@ -48,22 +49,41 @@ def _print_logit_agreement(cfg, variables, torch_model, vision, ids, mask, devic
   with torch.no_grad():
     theirs = torch_model(ref.to_torch_images(vision).to(device), torch.from_numpy(ids).to(device),
                          attention_mask=torch.from_numpy(mask).bool().to(device)).logits
-  theirs = theirs.float().cpu().numpy()
+  return ours, theirs.float().cpu().numpy()
+
+
+def _print_logit_agreement(ours, theirs, mask):
+  """The prompt's logits from both models: greedy tokens can only agree where these do."""
   real = mask.astype(bool)
-  diff = np.abs(ours - theirs)[real].max()
   top2 = np.sort(theirs[:, -1], axis=-1)[:, -2:]
-  print(f"prompt logits: max |ours - reference| {diff:.2e} over real tokens (logit std "
-        f"{theirs[real].std():.2f}); last-token top-2 margins {np.round(top2[:, 1] - top2[:, 0], 4)}")
+  print(f"prompt logits: max |ours - reference| {np.abs(ours - theirs)[real].max():.2e} over real "
+        f"tokens (logit std {theirs[real].std():.2f}); last-token top-2 margins "
+        f"{np.round(top2[:, 1] - top2[:, 0], 4)}")
 
 
-def _agreement(ours: np.ndarray, theirs: np.ndarray, prompt_len: int) -> str:
-  """'yes', or how many rows agree and the first new token where a row parts."""
-  if ours.shape == theirs.shape and np.array_equal(ours, theirs):
-    return "yes"
+def _explain_divergence(logits_fn, ref_tokens: np.ndarray, mask: np.ndarray, first: list[int]):
+  """Where greedy rows part: both models read the reference's whole output (teacher forcing), and
+  at each row's first differing step we print the reference's top-2 margin next to the largest
+  logit difference there. A margin below the difference is a near-tie that rounding flips."""
+  full_mask = np.concatenate([mask, np.ones((mask.shape[0], ref_tokens.shape[1] - mask.shape[1]),
+                                             mask.dtype)], axis=1)
+  ours, theirs = logits_fn(ref_tokens, full_mask)
+  prompt = mask.shape[1]
+  new = np.abs(ours - theirs)[:, prompt - 1:-1]
+  print(f"  teacher-forced on the reference's tokens: max |ours - reference| {new.max():.2e} "
+        f"over all {new.shape[1]} generated positions")
+  for row, step in first:
+    pos = prompt - 1 + step
+    top2 = np.sort(theirs[row, pos])[-2:]
+    print(f"  row {row} parts at new token {step}: reference top-2 margin {top2[1] - top2[0]:.2e}, "
+          f"max |ours - reference| there {np.abs(ours[row, pos] - theirs[row, pos]).max():.2e}")
+
+
+def _first_differences(ours: np.ndarray, theirs: np.ndarray, prompt_len: int) -> list[tuple[int, int]]:
+  """(row, new-token index) where each row that differs first parts."""
   n = min(ours.shape[1], theirs.shape[1])
   differs = ours[:, :n] != theirs[:, :n]
-  first = [int(np.argmax(row)) - prompt_len for row in differs if row.any()]
-  return f"{len(ours) - len(first)}/{len(ours)} rows; others part at new token {first}"
+  return [(i, int(np.argmax(row)) - prompt_len) for i, row in enumerate(differs) if row.any()]
 
 
 def main():
@@ -74,10 +94,13 @@ def main():
   parser.add_argument("--beams", default="1,3")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
+  parser.add_argument("--lm-layers", type=int, default=0, help="override the size's LM depth")
   parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                       help="the reference's device; JAX runs on its default backend")
   args = parser.parse_args()
   dims = SIZES[args.size]
+  if args.lm_layers:
+    dims = dataclasses.replace(dims, lm_layers=args.lm_layers)
   torch.set_num_threads(os.cpu_count())
   torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
   jax.config.update("jax_default_matmul_precision", "highest")
@@ -96,7 +119,8 @@ def main():
   print(f"{args.family} {args.size}: batch {args.batch}, prompt {ids.shape[1]} tokens, {args.new} "
         f"new tokens, LM {dims.lm_layers} layers x {dims.lm_dim}; JAX {jax.default_backend()}, "
         f"torch {args.device}")
-  _print_logit_agreement(cfg, variables, torch_model, vision, ids, mask, args.device)
+  logits = lambda i, m: _both_logits(cfg, variables, torch_model, vision, i, m, args.device)
+  _print_logit_agreement(*logits(ids, mask), mask)
   print(f"{'beams':>5} {'ours tok/s':>11} {'open_flamingo tok/s':>20} {'speed-up':>9}  same tokens")
   for beams in [int(b) for b in args.beams.split(",")]:
     settings = dict(max_new_tokens=args.new, min_new_tokens=args.new, num_beams=beams)
@@ -115,8 +139,12 @@ def main():
     t_ours, out_ours = _time(ours, args.repeats)
     t_ref, out_ref = _time(theirs, args.repeats)
     tokens = args.batch * args.new
-    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_ref:>20.1f} {t_ref / t_ours:>8.2f}x  "
-          f"{_agreement(out_ours, out_ref, ids.shape[1])}")
+    first = _first_differences(out_ours, out_ref, ids.shape[1])
+    same = "yes" if not first and out_ours.shape == out_ref.shape else (
+        f"{len(out_ours) - len(first)}/{len(out_ours)} rows; others part at new token {[s for _, s in first]}")
+    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_ref:>20.1f} {t_ref / t_ours:>8.2f}x  {same}")
+    if first and beams == 1:
+      _explain_divergence(logits, out_ref, mask, first)
 
 
 if __name__ == "__main__":

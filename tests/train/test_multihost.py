@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from flamingo_jax.data import pipeline, synthetic, tokenizer
+from flamingo_jax.data import pipeline, tokenizer
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer
 from flamingo_jax.train.state import TrainState
 from tests.train.test_train import REPO, _cfg
@@ -58,13 +58,6 @@ def _finish(procs) -> list[str]:
 def _step_lines(out: str) -> list[str]:
   # Without the timing fields, which differ between hosts.
   return [line.split(" samples/s")[0].rsplit(" ", 1)[0] for line in out.splitlines() if line.startswith("step ")]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("shards"))
-  synthetic.write_shards(out, laion_shards=2, mmc4_shards=2, samples_per_shard=32, seed=0)
-  return out
 
 
 @pytest.fixture(scope="module")

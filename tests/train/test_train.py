@@ -13,19 +13,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from flamingo_jax.data import pipeline, synthetic, tokenizer
+from flamingo_jax.data import pipeline, tokenizer
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("shards"))
-  synthetic.write_shards(out, laion_shards=2, mmc4_shards=2, samples_per_shard=32, seed=0)
-  return out
 
 
 def _cfg(shards, **train):

@@ -1,0 +1,11 @@
+"""Synthetic LAION/MMC4 shards shared by the training tests (read only)."""
+import pytest
+
+from flamingo_jax.data import synthetic
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("shards"))
+  synthetic.write_shards(out, laion_shards=2, mmc4_shards=2, samples_per_shard=32, seed=0)
+  return out
