@@ -1,0 +1,58 @@
+"""gs:// shards through the real TensorFlow GCS client, served by a local emulator (fake_gcs):
+the same batches as from local disk, in-process and in Grain worker processes, and a missing or
+broken remote shard named in the error."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from flamingo_jax.data import pipeline, shards as shards_lib
+from flamingo_jax.data.tar_source import ShardError, TarShardSource
+from tests.data.fake_gcs import FakeGcs
+
+
+@pytest.fixture(scope="module")
+def bucket_root(shards, tmp_path_factory):
+  """The test shards as objects of gs://flamingo-test/data/."""
+  root = tmp_path_factory.mktemp("gcs")
+  shutil.copytree(shards, root / "flamingo-test" / "data")
+  (root / "flamingo-test" / "data" / "laion-broken.tar").write_bytes(b"not a tar file" * 64)
+  return str(root)
+
+
+@pytest.fixture
+def gcs(bucket_root, tmp_path, monkeypatch):
+  with FakeGcs(bucket_root, str(tmp_path)) as fake:
+    for key, value in fake.env().items():
+      monkeypatch.setenv(key, value)
+    yield fake
+
+
+def _on_gcs(cfg):
+  cfg.laion.shards = "gs://flamingo-test/data/laion-0*.tar"
+  cfg.mmc4.shards = "gs://flamingo-test/data/mmc4-{00000..00001}.tar"
+  return cfg
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gcs_shards_give_the_local_batches(gcs, make_cfg, tok, workers):
+  local = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 2)
+  remote = pipeline.first_batches(
+      pipeline.make_train_iterators(_on_gcs(make_cfg(workers=workers)), tok)[0], 2)
+  for a, b in zip(local, remote, strict=True):
+    for name in a:
+      for key in a[name]:
+        np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
+  assert gcs.bytes_served > 0  # the emulator served the reads (worker processes' too)
+
+
+def test_gcs_glob_and_errors_name_the_object(gcs, shards):
+  want = sorted(f"gs://flamingo-test/data/{n}" for n in os.listdir(shards) if n.startswith("laion-"))
+  assert shards_lib.expand_shards("gs://flamingo-test/data/laion-0*.tar") == want
+  with pytest.raises(FileNotFoundError, match="nothing"):
+    shards_lib.expand_shards("gs://flamingo-test/data/nothing-*.tar")
+  with pytest.raises(ShardError, match="gs://flamingo-test/data/missing.tar"):
+    TarShardSource(["gs://flamingo-test/data/missing.tar"])
+  with pytest.raises(ShardError, match="gs://flamingo-test/data/laion-broken.tar"):
+    TarShardSource(["gs://flamingo-test/data/laion-broken.tar"])
