@@ -9,7 +9,7 @@ import pytest
 
 from flamingo_jax.data import pipeline, shards as shards_lib
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
-from tests.data.fake_gcs import FakeGcs
+from tests.fake_gcs import FakeGcs
 
 
 @pytest.fixture(scope="module")
