@@ -1,8 +1,20 @@
-"""Test-wide setup: 8 simulated CPU devices (before jax is imported) and fp32 matmuls."""
+"""Test-wide setup: 8 simulated CPU devices (before jax is imported), fp32 matmuls, and one
+persistent compilation cache for the session."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests compile the same tiny train step, in this process and in the subprocesses they start
+# (which inherit these variables): a session-wide cache compiles each program once. Cached
+# executables are the ones a fresh compile would build, so results are unchanged.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flamingo_jax_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # PyTorch (the oracle), with torchvision (which loads triton), must load before anything pulls in
 # TensorFlow (clu's writers do): the other order segfaults while torch imports triton.

@@ -1,5 +1,6 @@
-"""Training: sharded == single-device step, learning, exact resume, frozen weights untouched,
-no optimizer state for frozen weights, SIGTERM checkpoint, non-finite stop."""
+"""Training: sharded == single-device step, learning, exact resume (from a gs:// workdir),
+frozen weights untouched, no optimizer state for frozen weights, SIGTERM checkpoint, non-finite
+stop."""
 import os
 import signal
 import subprocess
@@ -11,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import tiny
 from flamingo_jax.data import pipeline, tokenizer
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
+from tests.fake_gcs import FakeGcs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -88,16 +91,29 @@ def test_optimizer_state_has_no_frozen_leaves():
       jax.tree_util.tree_leaves(mask["perceiver"])) and not mask["special_embeddings"]
 
 
-def test_loss_falls_and_resume_is_exact(shards, tmp_path):
+def test_loss_falls_and_resume_is_exact(shards, tmp_path, monkeypatch):
   straight = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "a"))
   losses = [h["loss"] for h in straight.history]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-  cfg = _cfg(shards, num_steps=15)
-  cfg.checkpoint.every_steps = 5
-  loop.train_and_evaluate(cfg, str(tmp_path / "b"))
-  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "b"))
+  # The interrupted run keeps its workdir in a gs:// bucket, as TPU jobs do: Orbax's checkpoints
+  # (TensorStore, google-cloud-storage) and the TensorBoard logs (TensorFlow) go through the real
+  # clients to the local GCS emulator.
+  os.makedirs(tmp_path / "gcs" / "bucket")
+  with FakeGcs(str(tmp_path / "gcs"), str(tmp_path)) as gcs:
+    for key, value in gcs.env().items():
+      monkeypatch.setenv(key, value)
+    workdir = "gs://bucket/run"
+    cfg = _cfg(shards, num_steps=15)
+    cfg.checkpoint.every_steps = 5
+    loop.train_and_evaluate(cfg, workdir)
+    resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), workdir)
+    events = tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*")
+    tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path)
+            for v in e.summary.value}
   assert [h["step"] for h in resumed.history] == list(range(16, 31))
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
+  assert os.path.isdir(tmp_path / "gcs" / "bucket" / "run" / "checkpoints" / "15" / "state")
+  assert len(events) == 2 and {"loss", "lr", "eval/loss_real_images"} <= tags, tags
 
 
 def test_non_finite_loss_stops_before_checkpointing(shards, tmp_path):
