@@ -6,7 +6,8 @@ offers no endpoint override. Its libcurl does honour HTTPS_PROXY and CURL_CA_BUN
 module runs a proxy that accepts the CONNECT, terminates TLS with a certificate for those hosts
 signed by a CA made here, and answers the JSON-API calls from objects on local disk
 (`root/<bucket>/<object name>`). The same port serves TensorStore and google-cloud-storage (what
-Orbax uses for gs:// directories) directly, through their endpoint variables. The clients under
+Orbax uses for gs:// directories) and array_record's reader directly, through their endpoint
+variables. The clients under
 test are the real ones; only the server is local. It implements what readers and Orbax use:
 object metadata, listings (prefix, delimiter, offsets), ranged media reads, media and one-piece
 resumable uploads, generation preconditions, rewrite/copy and delete.
@@ -19,6 +20,7 @@ import json
 import os
 import socketserver
 import ssl
+import sys
 import threading
 import urllib.parse
 
@@ -293,6 +295,10 @@ class _Server(socketserver.ThreadingTCPServer):
   daemon_threads = True
   allow_reuse_address = True
 
+  def handle_error(self, request, client_address):
+    if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):  # clients hang up early
+      super().handle_error(request, client_address)
+
 
 class FakeGcs:
   """Serves `root/<bucket>/<object>` as gs://<bucket>/<object> while it is running.
@@ -330,7 +336,9 @@ class FakeGcs:
             "GCS_RETRY_CONFIG_MAX_RETRIES": "1",
             # TensorStore (Orbax's arrays) and google-cloud-storage (Orbax's bucket lookups) take
             # an endpoint and speak plain HTTP to it.
-            "TENSORSTORE_GCS_HTTP_URL": proxy, "STORAGE_EMULATOR_HOST": proxy}
+            "TENSORSTORE_GCS_HTTP_URL": proxy, "STORAGE_EMULATOR_HOST": proxy,
+            # array_record's reader (google-cloud-cpp) likewise.
+            "CLOUD_STORAGE_EMULATOR_ENDPOINT": proxy}
 
   def __enter__(self) -> "FakeGcs":
     self._thread.start()

@@ -12,14 +12,18 @@ pipeline skips and counts it exactly as it would from the tar shard.
   python -m flamingo_jax.data.array_record --shards='/data/mmc4/{00000..01023}.tar' \\
       --out_dir=/data/mmc4_array_record
 
-then train with `--config.data.mmc4.shards='/data/mmc4_array_record/*.array_record'`.
+then train with `--config.data.mmc4.shards='/data/mmc4_array_record/*.array_record'`. Both the
+shards and `out_dir` may be on gs://; ArrayRecord files are read from gs:// by array_record's own
+GCS client.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Sequence
 
 import msgpack
+from etils import epath
 
 SUFFIX = ".array_record"
 
@@ -69,12 +73,21 @@ def output_path(shard: str, out_dir: str) -> str:
   return os.path.join(out_dir, name.removesuffix(".tar") + SUFFIX)
 
 
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
 def convert_shard(shard: str, out_path: str) -> tuple[int, int]:
-  """Writes one tar shard's samples to `out_path` (whole or absent); -> (samples, unreadable)."""
+  """Writes one tar shard's samples to `out_path` (whole or absent); -> (samples, unreadable).
+
+  The file is written locally first and then renamed into place, or, for a gs:// `out_path`,
+  uploaded in one piece (an object store shows an object only once it is complete)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from flamingo_jax.data.tar_source import TarShardSource  # pylint: disable=g-import-not-at-top
   source = TarShardSource([shard], index_threads=1)
-  tmp = f"{out_path}.tmp-{os.getpid()}"
+  remote = _is_remote(out_path)
+  tmp = (os.path.join(tempfile.gettempdir(), f"{os.path.basename(out_path)}.tmp-{os.getpid()}")
+         if remote else f"{out_path}.tmp-{os.getpid()}")
   unreadable = 0
   try:
     # group_size:1 makes every record separately addressable: random reads decode one record.
@@ -84,7 +97,10 @@ def convert_shard(shard: str, out_path: str) -> tuple[int, int]:
       unreadable += "__error__" in record
       writer.write(encode_record(record))
     writer.close()
-    os.replace(tmp, out_path)
+    if remote:
+      epath.Path(tmp).copy(out_path, overwrite=True)
+    else:
+      os.replace(tmp, out_path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -95,11 +111,11 @@ def convert(shards: Sequence[str], out_dir: str, overwrite: bool = False,
             progress: bool = True) -> dict[str, int]:
   """Converts every shard (skipping those already converted unless `overwrite`); -> counts."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   counts = {"shards": 0, "already_converted": 0, "samples": 0, "unreadable_samples": 0}
   for shard in tqdm(shards, desc="tar -> ArrayRecord", unit="shard", disable=not progress):
     out_path = output_path(shard, out_dir)
-    if os.path.exists(out_path) and not overwrite:
+    if epath.Path(out_path).exists() and not overwrite:
       counts["already_converted"] += 1  # a re-run resumes an interrupted conversion
       continue
     n, bad = convert_shard(shard, out_path)
@@ -118,7 +134,7 @@ def main(argv):
   counts = convert(shards, f.out_dir, overwrite=f.overwrite)
   print(f"{counts['shards']} shards converted ({counts['already_converted']} already there), "
         f"{counts['samples']} samples ({counts['unreadable_samples']} unreadable, kept as skips) "
-        f"-> {os.path.abspath(f.out_dir)}")
+        f"-> {f.out_dir if _is_remote(f.out_dir) else os.path.abspath(f.out_dir)}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""gs:// shards through the real TensorFlow GCS client, served by a local emulator (fake_gcs):
-the same batches as from local disk, in-process and in Grain worker processes, and a missing or
-broken remote shard named in the error."""
+"""gs:// shards through the real clients (TensorFlow's for tar shards, array_record's own for
+ArrayRecord), served by a local emulator (tests/fake_gcs.py): the same batches as from local disk,
+in-process and in Grain worker processes; tar -> ArrayRecord conversion into a bucket; a missing
+or broken remote shard named in the error."""
 import os
 import shutil
 
-import numpy as np
 import pytest
 
-from flamingo_jax.data import pipeline, shards as shards_lib
+from flamingo_jax.data import array_record, pipeline, shards as shards_lib
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
+from tests.data.batches import assert_same_batches
 from tests.fake_gcs import FakeGcs
 
 
@@ -40,11 +41,20 @@ def test_gcs_shards_give_the_local_batches(gcs, make_cfg, tok, workers):
   local = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 2)
   remote = pipeline.first_batches(
       pipeline.make_train_iterators(_on_gcs(make_cfg(workers=workers)), tok)[0], 2)
-  for a, b in zip(local, remote, strict=True):
-    for name in a:
-      for key in a[name]:
-        np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
+  assert_same_batches(local, remote)
   assert gcs.bytes_served > 0  # the emulator served the reads (worker processes' too)
+
+
+def test_array_record_conversion_to_and_reading_from_gcs(gcs, make_cfg, tok):
+  tars = shards_lib.expand_shards("gs://flamingo-test/data/laion-0*.tar,gs://flamingo-test/data/mmc4-0*.tar")
+  counts = array_record.convert(tars, "gs://flamingo-test/ar", progress=False)
+  assert counts["shards"] == len(tars) == 4 and counts["samples"] > 0
+  assert array_record.convert(tars, "gs://flamingo-test/ar", progress=False)["already_converted"] == 4
+  local = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 2)
+  cfg = make_cfg()
+  for name in ("laion", "mmc4"):
+    cfg[name].shards = f"gs://flamingo-test/ar/{name}-*.array_record"
+  assert_same_batches(local, pipeline.first_batches(pipeline.make_train_iterators(cfg, tok)[0], 2))
 
 
 def test_gcs_glob_and_errors_name_the_object(gcs, shards):

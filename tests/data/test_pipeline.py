@@ -8,13 +8,7 @@ import pytest
 
 from flamingo_jax.data import image_preprocess, pipeline, shards as shards_lib, tokenizer
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
-
-
-def _assert_same(a, b):
-  for x, y in zip(a, b, strict=True):
-    for name in x:
-      for key in x[name]:
-        np.testing.assert_array_equal(x[name][key], y[name][key], err_msg=f"{name}/{key}")
+from tests.data.batches import assert_same_batches
 
 
 def test_batches_follow_the_contract(make_cfg, tok):
@@ -40,7 +34,7 @@ def test_batches_follow_the_contract(make_cfg, tok):
 def test_same_seed_same_batches_whatever_the_workers(make_cfg, tok):
   a = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 3)
   b = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(workers=2), tok)[0], 3)
-  _assert_same(a, b)
+  assert_same_batches(a, b)
   c = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(seed=1), tok)[0], 1)
   assert not np.array_equal(a[0]["laion"]["input_ids"], c[0]["laion"]["input_ids"])
 
@@ -53,7 +47,7 @@ def test_restored_iterator_continues_exactly(make_cfg, tok):
   fresh, _ = pipeline.make_train_iterators(make_cfg(), tok)
   for k, it in fresh.items():
     it.set_state(state[k])
-  _assert_same(expected, pipeline.first_batches(fresh, 3))
+  assert_same_batches(expected, pipeline.first_batches(fresh, 3))
 
 
 @pytest.mark.parametrize("count", [2, 3])  # whole shards per process; every n-th sample
