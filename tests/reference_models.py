@@ -89,6 +89,7 @@ def build_lm(family: str, dims: Dims = TINY, attn_implementation: str = "eager",
     model = tf.OPTForCausalLM(cfg)
   elif family == "gpt_neox":
     kw.setdefault("use_parallel_residual", False)  # jax_config's default (HF's is True)
+    kw.setdefault("rotary_pct", 1.0)  # jax_config's default, RedPajama-INCITE's (HF's is 0.25)
     cfg = tf.GPTNeoXConfig(vocab_size=d.vocab, hidden_size=d.lm_dim, num_hidden_layers=d.lm_layers,
                            num_attention_heads=d.lm_heads, intermediate_size=4 * d.lm_dim,
                            max_position_embeddings=d.max_positions, hidden_act="gelu", **kw)
