@@ -1,4 +1,4 @@
-"""A local Google Cloud Storage emulator that TensorFlow's own GCS client talks to unchanged.
+"""A local Google Cloud Storage emulator that the real GCS clients talk to unchanged.
 
 `gs://` paths go through etils.epath to `tf.io.gfile`, whose C++ client speaks HTTPS to
 www.googleapis.com (metadata, listings, uploads) and storage.googleapis.com (ranged reads) and
@@ -7,10 +7,10 @@ module runs a proxy that accepts the CONNECT, terminates TLS with a certificate 
 signed by a CA made here, and answers the JSON-API calls from objects on local disk
 (`root/<bucket>/<object name>`). The same port serves TensorStore and google-cloud-storage (what
 Orbax uses for gs:// directories) and array_record's reader directly, through their endpoint
-variables. The clients under
-test are the real ones; only the server is local. It implements what readers and Orbax use:
-object metadata, listings (prefix, delimiter, offsets), ranged media reads, media and one-piece
-resumable uploads, generation preconditions, rewrite/copy and delete.
+variables. The clients under test are the real ones; only the server is local. It implements
+what readers and Orbax use: object metadata, listings (prefix, delimiter, offsets), ranged and
+suffix media reads, media uploads and resumable uploads sent in order, generation preconditions,
+rewrite/copy and delete. Not GCS: no pagination, no hierarchical namespace.
 """
 from __future__ import annotations
 
