@@ -103,12 +103,13 @@ def _latest_trainable(workdir: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from flamingo_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"No training checkpoints in {os.path.abspath(workdir)}")
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  if not (epath.Path(workdir) / "checkpoints").is_dir():  # local or gs://
+    raise FileNotFoundError(f"No training checkpoints in {workdir}")
   ckpt = checkpoint.Checkpointer(workdir, keep=1)
   step = ckpt.latest_step()
-  state_dir = os.path.join(str(ckpt.directory), str(step), "state")
-  if step is None or not os.path.isdir(state_dir):
+  state_dir = str(ckpt.directory / str(step) / "state")
+  if step is None or not epath.Path(state_dir).is_dir():
     raise FileNotFoundError(f"No training checkpoint in {ckpt.directory}")
   with ocp.PyTreeCheckpointer() as checkpointer:
     stored = checkpointer.metadata(state_dir).item_metadata.tree["params"]

@@ -5,14 +5,16 @@ Layout of a base checkpoint directory DIR:
   DIR/params/       Orbax PyTree (StandardCheckpointer) of the trainable tree
   DIR/frozen/       Orbax PyTree of the frozen tree (vision tower, LM)
 Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) that the name maps use;
-`load_base_checkpoint` gives the scanned layout when the config asks for it. The directory is
-written under a temporary name and renamed, so a base checkpoint is whole or absent.
+`load_base_checkpoint` gives the scanned layout when the config asks for it.
+
+A base checkpoint is whole or absent. A local directory is written under a temporary name and
+renamed. An object store (gs://) has no atomic directory rename, so there config.json, which
+marks a directory as a base checkpoint, is written last, after both trees are complete.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from typing import Any, Callable
 
@@ -21,37 +23,47 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from flamingo_jax.models import layer_groups
 
 COLLECTIONS = ("params", "frozen")
 
 
+def _resolve(path: str) -> str:
+  """Local paths made absolute (Orbax wants them so); gs:// and other URLs as given."""
+  return path if "://" in path else os.path.abspath(path)
+
+
 def check_absent(path: str) -> None:
-  if os.path.exists(path):
-    raise FileExistsError(f"{os.path.abspath(path)} exists; refusing to overwrite a checkpoint")
+  if epath.Path(path).exists():
+    raise FileExistsError(f"{_resolve(path)} exists; refusing to overwrite a checkpoint")
 
 
 def save_base_checkpoint(path: str, config: ml_collections.ConfigDict, variables: Any) -> None:
-  """Writes config and variables ({"params", "frozen"}, either layout) atomically to `path`,
-  which must not exist."""
-  path = os.path.abspath(path)
+  """Writes config and variables ({"params", "frozen"}, either layout) to `path` (local or
+  gs://), which must not exist; whole or not at all (see the module docstring)."""
+  path = _resolve(path)
   check_absent(path)
   variables = jax.device_get(nn.unbox(variables))
   if "layers" in variables["params"]:
     variables = layer_groups.to_unrolled(variables, config.model)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  remote = "://" in path
+  target = epath.Path(path if remote else f"{path}.tmp-{uuid.uuid4().hex[:8]}")
+  done = False
   try:
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    target.mkdir(parents=True)
     with _writer() as checkpointer:
       for name in COLLECTIONS:
         tree = jax.tree_util.tree_map(np.asarray, variables[name])
-        checkpointer.save(os.path.join(tmp, name), args=ocp.args.PyTreeSave(tree))
-    os.replace(tmp, path)
+        checkpointer.save(str(target / name), args=ocp.args.PyTreeSave(tree))
+    (target / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if not remote:
+      os.replace(target, path)
+    done = True
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not done and target.exists():
+      target.rmtree()
 
 
 def _writer() -> ocp.Checkpointer:
@@ -64,11 +76,10 @@ def _writer() -> ocp.Checkpointer:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  config_file = os.path.join(path, "config.json")
-  if not os.path.exists(config_file):
-    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {os.path.abspath(path)}")
-  with open(config_file) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  config_file = epath.Path(path) / "config.json"
+  if not config_file.exists():
+    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {_resolve(path)}")
+  return ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
 def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], bool] | None = None,
@@ -80,13 +91,13 @@ def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], 
   weights arrive as bf16 without an fp32 copy in memory. Without `select`, the layout is
   scanned if the config says so.
   """
-  path = os.path.abspath(path)
+  path = _resolve(path)
   config = load_config(path)
   variables = {}
   with ocp.PyTreeCheckpointer() as checkpointer:
     for name in COLLECTIONS:
-      directory = os.path.join(path, name)
-      if not os.path.isdir(directory):
+      directory = str(epath.Path(path) / name)
+      if not epath.Path(directory).is_dir():
         raise FileNotFoundError(f"Base checkpoint {path} has no {name}/ item")
       tree = checkpointer.metadata(directory).item_metadata.tree
       leaves = {p: m for p, m in _leaves(tree) if select is None or select(name, p)}

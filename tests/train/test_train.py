@@ -19,7 +19,6 @@ from flamingo_jax.data import pipeline, tokenizer
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
-from tests.fake_gcs import FakeGcs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,25 +90,21 @@ def test_optimizer_state_has_no_frozen_leaves():
       jax.tree_util.tree_leaves(mask["perceiver"])) and not mask["special_embeddings"]
 
 
-def test_loss_falls_and_resume_is_exact(shards, tmp_path, monkeypatch):
+def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket):
   straight = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "a"))
   losses = [h["loss"] for h in straight.history]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
   # The interrupted run keeps its workdir in a gs:// bucket, as TPU jobs do: Orbax's checkpoints
   # (TensorStore, google-cloud-storage) and the TensorBoard logs (TensorFlow) go through the real
   # clients to the local GCS emulator.
-  os.makedirs(tmp_path / "gcs" / "bucket")
-  with FakeGcs(str(tmp_path / "gcs"), str(tmp_path)) as gcs:
-    for key, value in gcs.env().items():
-      monkeypatch.setenv(key, value)
-    workdir = "gs://bucket/run"
-    cfg = _cfg(shards, num_steps=15)
-    cfg.checkpoint.every_steps = 5
-    loop.train_and_evaluate(cfg, workdir)
-    resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), workdir)
-    events = tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*")
-    tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path)
-            for v in e.summary.value}
+  workdir = "gs://bucket/run"
+  cfg = _cfg(shards, num_steps=15)
+  cfg.checkpoint.every_steps = 5
+  loop.train_and_evaluate(cfg, workdir)
+  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), workdir)
+  events = tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*")
+  tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path)
+          for v in e.summary.value}
   assert [h["step"] for h in resumed.history] == list(range(16, 31))
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
   assert os.path.isdir(tmp_path / "gcs" / "bucket" / "run" / "checkpoints" / "15" / "state")
@@ -192,12 +187,13 @@ def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
     np.testing.assert_array_equal(next(iters[name])["input_ids"], next(fresh[name])["input_ids"])
 
 
-def test_training_starts_from_a_base_checkpoint(shards, tmp_path):
+def test_training_starts_from_a_base_checkpoint(shards, tmp_path, gcs_bucket):
+  """The converted base checkpoint lives in a bucket, as on a TPU VM."""
   from flamingo_jax.weights import orbax_io
   cfg = _cfg(shards, num_steps=2)
   base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(7)))
-  orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, base)
-  cfg.checkpoint.base = str(tmp_path / "base")
+  orbax_io.save_base_checkpoint("gs://bucket/base", cfg, base)
+  cfg.checkpoint.base = "gs://bucket/base"
   mesh, rule_set = loop.setup_mesh(cfg)
   variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(variables), jax.device_get(base))
@@ -234,8 +230,9 @@ def test_profiler_writes_a_trace(tmp_path):
   assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
 
 
-def test_export_from_a_sharded_training_run(shards, tmp_path):
-  """A run sharded over 8 devices, exported by the CLI onto one host as a checkpoint.pt."""
+def test_export_from_a_sharded_training_run(shards, tmp_path, gcs_bucket):
+  """A run sharded over 8 devices with its workdir in a bucket, exported by the CLI onto one host
+  as a checkpoint.pt."""
   import torch
   from flamingo_jax.weights import orbax_io
   cfg = _cfg(shards, num_steps=2)
@@ -244,9 +241,9 @@ def test_export_from_a_sharded_training_run(shards, tmp_path):
   base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(cfg.seed)))
   orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, base)
   cfg.checkpoint.base = str(tmp_path / "base")
-  result = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  result = loop.train_and_evaluate(cfg, "gs://bucket/run")
   out = subprocess.run([sys.executable, "-m", "flamingo_jax.convert", "export", f"--base={tmp_path / 'base'}",
-                        f"--train_workdir={tmp_path / 'run'}", f"--out={tmp_path / 'checkpoint.pt'}"],
+                        "--train_workdir=gs://bucket/run", f"--out={tmp_path / 'checkpoint.pt'}"],
                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-2000:]
   sd = torch.load(tmp_path / "checkpoint.pt")
