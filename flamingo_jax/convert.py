@@ -108,9 +108,10 @@ def _latest_trainable(workdir: str):
     raise FileNotFoundError(f"No training checkpoints in {workdir}")
   ckpt = checkpoint.Checkpointer(workdir, keep=1)
   step = ckpt.latest_step()
-  state_dir = str(ckpt.directory / str(step) / "state")
-  if step is None or not epath.Path(state_dir).is_dir():
+  state_dir = ckpt.directory / str(step) / "state"
+  if step is None or not state_dir.is_dir():
     raise FileNotFoundError(f"No training checkpoint in {ckpt.directory}")
+  state_dir = str(state_dir)
   with ocp.PyTreeCheckpointer() as checkpointer:
     stored = checkpointer.metadata(state_dir).item_metadata.tree["params"]
     item = {"params": _tree_map(lambda m: np.zeros((), m.dtype), stored)}

@@ -1,6 +1,7 @@
 """Test-wide setup: 8 simulated CPU devices (before jax is imported), fp32 matmuls, and one
 persistent compilation cache for the session."""
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,5 +22,20 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import torch  # noqa: E402,F401
 import torchvision  # noqa: E402,F401
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def serve_gcs(tmp_path, monkeypatch):
+  """`serve_gcs(root)` serves `root/<bucket>/<object>` as gs:// for this test through the local
+  GCS emulator, with its variables in os.environ (so subprocesses reach it too)."""
+  from tests.fake_gcs import FakeGcs  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    def serve(root: str) -> FakeGcs:
+      gcs = stack.enter_context(FakeGcs(root, str(tmp_path)))
+      for key, value in gcs.env().items():
+        monkeypatch.setenv(key, value)
+      return gcs
+    yield serve

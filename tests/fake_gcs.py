@@ -23,6 +23,7 @@ import ssl
 import sys
 import threading
 import urllib.parse
+import uuid
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -189,7 +190,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if parts[1:5] == ["upload", "storage", "v1", "b"]:
       bucket, name = parts[5], query.get("name", "")
       if query.get("uploadType") == "resumable":  # the data follows in PUTs to this session
-        session = f"{len(self.server.sessions)}"
+        session = uuid.uuid4().hex  # requests arrive on several threads at once
         self.server.sessions[session] = dict(bucket=bucket, name=name, query=query,
                                              data=bytearray(), done=False)
         host = self.headers.get("Host", "www.googleapis.com")
@@ -270,26 +271,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self._json(200, payload)
 
   def _media(self, bucket: str, name: str, query: dict):
+    """The object's bytes, or the span a Range header asks for (read from disk alone)."""
     if not self._exists(bucket, name):
       return self._error(404, f"No such object: gs://{bucket}/{name}")
     if self._preconditions_fail(bucket, name, query):
       return None
-    with open(self._path(bucket, name), "rb") as f:
-      data = f.read()
+    path = self._path(bucket, name)
+    size = os.path.getsize(path)
     generation = [("x-goog-generation", str(self._generation(bucket, name)))]
     byte_range = self.headers.get("Range")
-    if not byte_range:
-      self.server.bytes_served += len(data)
-      return self._reply(200, data, "application/octet-stream", generation)
-    start, _, end = byte_range.removeprefix("bytes=").partition("-")
-    if start == "":  # suffix range: the last `end` bytes
-      start, end = max(0, len(data) - int(end)), len(data) - 1
-    start, end = int(start), min(int(end) if end else len(data) - 1, len(data) - 1)
-    if start >= len(data):
-      return self._reply(416, headers=[("Content-Range", f"bytes */{len(data)}")] + generation)
-    self.server.bytes_served += end + 1 - start
-    self._reply(206, data[start:end + 1], "application/octet-stream",
-                [("Content-Range", f"bytes {start}-{end}/{len(data)}")] + generation)
+    start, end, status, headers = 0, size - 1, 200, generation
+    if byte_range:
+      first, _, last = byte_range.removeprefix("bytes=").partition("-")
+      if first == "":  # suffix range: the last `last` bytes
+        start = max(0, size - int(last))
+      else:
+        start, end = int(first), min(int(last) if last else size - 1, size - 1)
+      if start >= size:
+        return self._reply(416, headers=[("Content-Range", f"bytes */{size}")] + generation)
+      status, headers = 206, [("Content-Range", f"bytes {start}-{end}/{size}")] + generation
+    with open(path, "rb") as f:
+      f.seek(start)
+      data = f.read(end + 1 - start)
+    self.server.bytes_served += len(data)
+    self._reply(status, data, "application/octet-stream", headers)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -304,12 +309,11 @@ class _Server(socketserver.ThreadingTCPServer):
 class FakeGcs:
   """Serves `root/<bucket>/<object>` as gs://<bucket>/<object> while it is running.
 
-  `env()` gives the variables that point TensorFlow's GCS client here; they must be set in the
-  process (and inherited by its workers) before the first gs:// access.
+  `env()` gives the variables that point the GCS clients here; they must be set in the process
+  (and inherited by its workers) before the first gs:// access.
   """
 
   def __init__(self, root: str, cert_dir: str):
-    self.root = root
     self.ca, leaf, key = _certificates(cert_dir)
     self._server = _Server(("127.0.0.1", 0), _Handler)
     self._server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -322,8 +326,8 @@ class FakeGcs:
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
   @property
-  def requests(self) -> list[tuple[str, str]]:
-    """(host, path) of every request served so far."""
+  def requests(self) -> list[tuple[str, str, str]]:
+    """(method, host, path) of every request served so far."""
     return self._server.requests
 
   @property

@@ -25,6 +25,8 @@ from typing import Sequence
 import msgpack
 from etils import epath
 
+from flamingo_jax.paths import is_remote, resolve
+
 SUFFIX = ".array_record"
 
 
@@ -51,7 +53,7 @@ class ArrayRecordSource:
     import grain  # pylint: disable=g-import-not-at-top
     if not paths:
       raise ValueError("No ArrayRecord files given")
-    missing = [p for p in paths if "://" not in p and not os.path.isfile(p)]
+    missing = [p for p in paths if not is_remote(p) and not os.path.isfile(p)]
     if missing:
       raise FileNotFoundError(f"ArrayRecord files not found: {missing[:5]}")
     self._paths = [str(p) for p in paths]
@@ -73,10 +75,6 @@ def output_path(shard: str, out_dir: str) -> str:
   return os.path.join(out_dir, name.removesuffix(".tar") + SUFFIX)
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
 def convert_shard(shard: str, out_path: str) -> tuple[int, int]:
   """Writes one tar shard's samples to `out_path` (whole or absent); -> (samples, unreadable).
 
@@ -85,7 +83,7 @@ def convert_shard(shard: str, out_path: str) -> tuple[int, int]:
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from flamingo_jax.data.tar_source import TarShardSource  # pylint: disable=g-import-not-at-top
   source = TarShardSource([shard], index_threads=1)
-  remote = _is_remote(out_path)
+  remote = is_remote(out_path)
   tmp = (os.path.join(tempfile.gettempdir(), f"{os.path.basename(out_path)}.tmp-{os.getpid()}")
          if remote else f"{out_path}.tmp-{os.getpid()}")
   unreadable = 0
@@ -134,7 +132,7 @@ def main(argv):
   counts = convert(shards, f.out_dir, overwrite=f.overwrite)
   print(f"{counts['shards']} shards converted ({counts['already_converted']} already there), "
         f"{counts['samples']} samples ({counts['unreadable_samples']} unreadable, kept as skips) "
-        f"-> {f.out_dir if _is_remote(f.out_dir) else os.path.abspath(f.out_dir)}")
+        f"-> {resolve(f.out_dir)}")
 
 
 if __name__ == "__main__":

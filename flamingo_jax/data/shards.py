@@ -6,6 +6,8 @@ import re
 
 from etils import epath
 
+from flamingo_jax.paths import is_remote
+
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
@@ -21,7 +23,7 @@ def _expand_braces(pattern: str) -> list[str]:
 
 
 def _glob(pattern: str) -> list[str]:
-  if "://" in pattern:  # gs://bucket/dir/*.tar and the like
+  if is_remote(pattern):  # gs://bucket/dir/*.tar and the like
     parent, _, name = pattern.rpartition("/")
     return sorted(str(p) for p in epath.Path(parent).glob(name))
   return sorted(glob.glob(pattern))

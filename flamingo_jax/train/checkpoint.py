@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from flamingo_jax import paths
+
 
 def data_item(name: str) -> str:
   """The checkpoint item that holds dataset `name`'s iterator state."""
@@ -27,8 +29,7 @@ class Checkpointer:
   """Keep-N manager of the train state and the iterators of `data_names` under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, keep: int, data_names: tuple[str, ...] = (), asynchronous: bool = True):
-    root = epath.Path(workdir)
-    self.directory = (root if "://" in workdir else root.absolute()) / "checkpoints"
+    self.directory = epath.Path(paths.resolve(workdir)) / "checkpoints"
     self.data_names = tuple(data_names)
     self.manager = ocp.CheckpointManager(
         self.directory,

@@ -25,32 +25,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from flamingo_jax import paths
 from flamingo_jax.models import layer_groups
 
 COLLECTIONS = ("params", "frozen")
 
 
-def _resolve(path: str) -> str:
-  """Local paths made absolute (Orbax wants them so); gs:// and other URLs as given."""
-  return path if "://" in path else os.path.abspath(path)
-
-
 def check_absent(path: str) -> None:
   if epath.Path(path).exists():
-    raise FileExistsError(f"{_resolve(path)} exists; refusing to overwrite a checkpoint")
+    raise FileExistsError(f"{paths.resolve(path)} exists; refusing to overwrite a checkpoint")
 
 
 def save_base_checkpoint(path: str, config: ml_collections.ConfigDict, variables: Any) -> None:
   """Writes config and variables ({"params", "frozen"}, either layout) to `path` (local or
   gs://), which must not exist; whole or not at all (see the module docstring)."""
-  path = _resolve(path)
+  path = paths.resolve(path)
   check_absent(path)
   variables = jax.device_get(nn.unbox(variables))
   if "layers" in variables["params"]:
     variables = layer_groups.to_unrolled(variables, config.model)
-  remote = "://" in path
+  remote = paths.is_remote(path)
   target = epath.Path(path if remote else f"{path}.tmp-{uuid.uuid4().hex[:8]}")
-  done = False
   try:
     target.mkdir(parents=True)
     with _writer() as checkpointer:
@@ -60,10 +55,10 @@ def save_base_checkpoint(path: str, config: ml_collections.ConfigDict, variables
     (target / "config.json").write_text(config.to_json_best_effort(indent=2))
     if not remote:
       os.replace(target, path)
-    done = True
-  finally:
-    if not done and target.exists():
+  except BaseException:
+    if target.exists():
       target.rmtree()
+    raise
 
 
 def _writer() -> ocp.Checkpointer:
@@ -78,7 +73,7 @@ def _writer() -> ocp.Checkpointer:
 def load_config(path: str) -> ml_collections.ConfigDict:
   config_file = epath.Path(path) / "config.json"
   if not config_file.exists():
-    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {_resolve(path)}")
+    raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json): {paths.resolve(path)}")
   return ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
@@ -91,14 +86,15 @@ def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], 
   weights arrive as bf16 without an fp32 copy in memory. Without `select`, the layout is
   scanned if the config says so.
   """
-  path = _resolve(path)
+  path = paths.resolve(path)
   config = load_config(path)
   variables = {}
   with ocp.PyTreeCheckpointer() as checkpointer:
     for name in COLLECTIONS:
-      directory = str(epath.Path(path) / name)
-      if not epath.Path(directory).is_dir():
+      directory = epath.Path(path) / name
+      if not directory.is_dir():
         raise FileNotFoundError(f"Base checkpoint {path} has no {name}/ item")
+      directory = str(directory)
       tree = checkpointer.metadata(directory).item_metadata.tree
       leaves = {p: m for p, m in _leaves(tree) if select is None or select(name, p)}
       if not leaves:

@@ -10,7 +10,6 @@ import pytest
 from flamingo_jax.data import array_record, pipeline, shards as shards_lib
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
 from tests.data.batches import assert_same_batches
-from tests.fake_gcs import FakeGcs
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +22,8 @@ def bucket_root(shards, tmp_path_factory):
 
 
 @pytest.fixture
-def gcs(bucket_root, tmp_path, monkeypatch):
-  with FakeGcs(bucket_root, str(tmp_path)) as fake:
-    for key, value in fake.env().items():
-      monkeypatch.setenv(key, value)
-    yield fake
+def gcs(bucket_root, serve_gcs):
+  return serve_gcs(bucket_root)
 
 
 def _on_gcs(cfg):

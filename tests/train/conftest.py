@@ -4,7 +4,6 @@ import os
 import pytest
 
 from flamingo_jax.data import synthetic
-from tests.fake_gcs import FakeGcs
 
 
 @pytest.fixture(scope="session")
@@ -15,11 +14,7 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture
-def gcs_bucket(tmp_path, monkeypatch):
-  """An empty gs://bucket served by the local GCS emulator for this test (its variables are set
-  in os.environ, so subprocesses started with it reach the bucket too); yields the emulator."""
+def gcs_bucket(tmp_path, serve_gcs):
+  """An empty gs://bucket for this test, kept on disk under tmp_path/gcs/bucket."""
   os.makedirs(tmp_path / "gcs" / "bucket")
-  with FakeGcs(str(tmp_path / "gcs"), str(tmp_path)) as gcs:
-    for key, value in gcs.env().items():
-      monkeypatch.setenv(key, value)
-    yield gcs
+  return serve_gcs(str(tmp_path / "gcs"))
