@@ -25,7 +25,7 @@ sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from configs import common
 from flamingo_jax.weights import convert, orbax_io
-from tests import reference_models as ref
+from oracle import reference_models as ref
 cfg = common.base_config()
 cfg.model = ref.jax_config("gpt_neox", 4, vocab_size={vocab}, hidden_size={hidden}, num_layers={layers},
                            num_heads=16, mlp_hidden_size={mlp}, tie_embeddings=False)
@@ -59,7 +59,7 @@ def main():
   import transformers as tf
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, repo)
-  from tests import reference_models as ref
+  from oracle import reference_models as ref
   with tempfile.TemporaryDirectory() as tmp:
     lm_dir, clip, out = (os.path.join(tmp, n) for n in ("lm", "clip.pt", "base"))
     config = tf.GPTNeoXConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import data as data_config  # noqa: E402
 from flamingo_jax.data import pipeline, synthetic, tokenizer  # noqa: E402
-from tests import reference_train_code  # noqa: E402
+from oracle import reference_train_code  # noqa: E402
 
 TOKENIZER = os.path.join(os.path.dirname(tokenizer.__file__), "..", "assets", "tiny_tokenizer")
 

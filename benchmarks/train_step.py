@@ -31,8 +31,8 @@ import torch  # noqa: E402
 from configs import tiny  # noqa: E402
 from flamingo_jax.train import metrics, optimizer, step as step_lib  # noqa: E402
 from flamingo_jax.train.state import TrainState  # noqa: E402
-from flamingo_jax.weights import state_dict as sd_lib  # noqa: E402
-from tests import reference_models as ref  # noqa: E402
+from flamingo_jax.weights import load, state_dict as sd_lib  # noqa: E402
+from oracle import reference_models as ref  # noqa: E402
 
 SIZES = {"tiny": ref.TINY, "of_3b": ref.OF_3B}
 
@@ -45,7 +45,7 @@ def make_batches(rng, dims, mmc4_batch, length, mmc4_images):
     ids = rng.integers(1, eoc, size=(b, n))
     ids[:, [i * n // t for i in range(t)]] = media
     images = rng.normal(size=(b, t, 1, dims.image_size, dims.image_size, 3)).astype(np.float32)
-    out[name] = {"images": images, "input_ids": ids.astype(np.int32),
+    out[name] = {"images": images, "image_mask": np.ones((b, t), bool), "input_ids": ids.astype(np.int32),
                  "attention_mask": np.ones_like(ids, np.int32),
                  "labels": np.where(ids == media, -100, ids).astype(np.int32)}
   return out
@@ -129,10 +129,9 @@ def main():
   variables = sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), cfg.model)
   tx = optimizer.make_optimizer(cfg.optim)
   state = TrainState.create(variables["params"], tx)
-  frozen = jax.tree.map(lambda x: jnp.asarray(x, cfg.model.frozen_dtype)
-                        if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x), variables["frozen"])
+  frozen = jax.device_put(load.cast(variables, cfg.model)["frozen"])
   del variables
-  step = jax.jit(step_lib.make_train_step(cfg, tx), donate_argnums=0)
+  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim), donate_argnums=0)
   device_batches = jax.device_put(batches)
 
   flops = metrics.program_flops(step, state, frozen, device_batches) or 0.0

@@ -66,9 +66,11 @@ def xattn_config(every_n_layers: int, **overrides) -> ml_collections.ConfigDict:
 
 
 def lm_config(family: str, **overrides) -> ml_collections.ConfigDict:
-  """A decoder LM. Fields not used by a family are ignored by it."""
+  """A decoder LM: generic defaults, then the family's own (`flamingo_jax/models/families.py`),
+  then `overrides`. Fields not used by a family are ignored by it."""
+  from flamingo_jax.models import families  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(dict(
-      family=family,            # 'mpt' | 'gpt_neox' | 'opt'
+      family=family,            # a key of families.FAMILIES: 'mpt' | 'gpt_neox' | 'opt'
       vocab_size=50280,         # len(tokenizer) after OpenFlamingo adds its tokens.
       hidden_size=2048,
       num_layers=24,
@@ -93,6 +95,7 @@ def lm_config(family: str, **overrides) -> ml_collections.ConfigDict:
       do_layer_norm_before=True,
       word_embed_proj_dim=config_dict.placeholder(int),
   ))
+  c.update(families.get_family(family).defaults)
   c.update(overrides)
   return c
 

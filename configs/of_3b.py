@@ -6,9 +6,9 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
+  # MosaicGPT's no_bias (the mpt family's default) drops every Linear and LayerNorm bias.
   lm = common.lm_config("mpt", hidden_size=2048, num_layers=24, num_heads=16, mlp_hidden_size=8192,
-                        qk_layer_norm=True, checkpoint_naming="mosaicgpt",
-                        norm_bias=False)  # MosaicGPT's no_bias drops every Linear and LayerNorm bias
+                        qk_layer_norm=True, checkpoint_naming="mosaicgpt")
   c = common.released_variant(arg, lm=lm, every_n_layers=1, train_special_embeddings=True,
                               lm_path="checkpoints/mpt-1b-redpajama-200b")
   return c.lock()

@@ -7,8 +7,7 @@ from configs import common
 
 def get_config(arg: str | None = None):
   lm = common.lm_config("gpt_neox", hidden_size=2560, num_layers=32, num_heads=32,
-                        mlp_hidden_size=10240, tie_embeddings=False, use_bias=True,
-                        rotary_pct=1.0, parallel_residual=False, activation="gelu")
+                        mlp_hidden_size=10240, rotary_pct=1.0, parallel_residual=False)
   c = common.released_variant(arg, lm=lm, every_n_layers=2, train_special_embeddings=False,
                               lm_path="checkpoints/RedPajama-INCITE-Base-3B-v1")
   return c.lock()

@@ -13,8 +13,6 @@ def get_config(arg: str | None = None):
   c = common.base_config(a.backend, tiny=True)
   lm = common.lm_config(a.family, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                         mlp_hidden_size=256, max_positions=256, qk_layer_norm=True,
-                        tie_embeddings=a.family != "gpt_neox", use_bias=a.family != "mpt", norm_bias=a.family != "mpt",
-                        activation="relu" if a.family == "opt" else "gelu",
                         # The tiny LM is random, not pretrained: a unit-scale (frozen, tied) table
                         # lets the output logits reach a useful range.
                         embed_init_std=1.0,

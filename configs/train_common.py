@@ -17,10 +17,13 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
                                           # "skip" the update (error after this many in a row).
                                           non_finite="stop", max_skipped_in_a_row=10,
                                           profile_start=10, profile_steps=0,  # >0: trace steps
-                                          profile_every_steps=0))  # >0: trace again
+                                          profile_every_steps=0,  # >0: trace again
+                                          # After training: caption this many held-out
+                                          # synthetic images (tiny runs show what was learned).
+                                          final_captions=0))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)
-    c.train.update(num_steps=1000, log_every=50)
+    c.train.update(num_steps=1000, log_every=50, final_captions=4)
     c.checkpoint.update(every_steps=250)
   return c

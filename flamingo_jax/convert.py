@@ -28,10 +28,12 @@ IMPORT: released weights -> a base checkpoint (Orbax) that training, generation 
 EXPORT: a base checkpoint (and optionally a training run) -> an OpenFlamingo checkpoint.pt.
 
   python -m flamingo_jax.convert export --base=/ckpt/of3b-base --out=/ckpt/checkpoint.pt \\
-      [--train_workdir=/runs/of3b]
+      [--train_workdir=/runs/of3b] [--step=N]
+  python -m flamingo_jax.convert export --train_workdir=runs/tiny --out=runs/tiny/checkpoint.pt
 
-  --train_workdir takes the trainable weights of that run's latest step (a sharded run restores
-  onto this one host). The file has exactly the keys of the released checkpoint.pt files
+  --train_workdir takes the trainable weights of that run's latest step or --step (a sharded run
+  restores onto this one host); without --base, the embedding tables come from what the run
+  started from (its base checkpoint or seeded initialisation, recorded in the workdir). The file has exactly the keys of the released checkpoint.pt files
   (perceiver, gated blocks, LM embedding tables), in fp32; in PyTorch:
   model.load_state_dict(torch.load(path), strict=False).
 
@@ -55,9 +57,12 @@ _OF = flags.DEFINE_string("openflamingo", None, "import, optional: OpenFlamingo 
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "import, optional: tokenizer directory to check "
                                  "(default: --lm_dir when it has one).")
 _SEED = flags.DEFINE_integer("seed", 0, "import: seed of freshly initialised trainable parts.")
-_BASE = flags.DEFINE_string("base", None, "export: flamingo_jax base checkpoint directory.")
-_WORKDIR = flags.DEFINE_string("train_workdir", None, "export, optional: training workdir whose "
-                               "latest step's trainable weights to export.")
+_BASE = flags.DEFINE_string("base", None, "export: flamingo_jax base checkpoint directory (or a "
+                            "training workdir).")
+_WORKDIR = flags.DEFINE_string("train_workdir", None, "export: training workdir whose trainable "
+                               "weights to export (latest step, or --step); alone, its frozen "
+                               "tables come from the run's own base checkpoint or seed.")
+_STEP = flags.DEFINE_integer("step", None, "export: the training step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Output: the base checkpoint directory (import, must not "
                            "exist) or the checkpoint.pt file (export).")
 _NEOX_HEAD = flags.DEFINE_enum("neox_head_name", "embed_out", ["embed_out", "lm_head"],
@@ -80,9 +85,12 @@ def main(argv):
                                 openflamingo_checkpoint=_OF.value, tokenizer_dir=_TOKENIZER.value,
                                 seed=_SEED.value)
     else:
-      _require(("base", _BASE.value))
-      params = _latest_trainable(_WORKDIR.value) if _WORKDIR.value else None
-      convert.export_checkpoint(_BASE.value, _OUT.value, params=params, neox_head_name=_NEOX_HEAD.value)
+      if _BASE.value is None and _WORKDIR.value is None:
+        raise app.UsageError(f"missing --base or --train_workdir; {USAGE}")
+      what = convert.export_checkpoint(_BASE.value or _WORKDIR.value, _OUT.value,
+                                       train_workdir=_WORKDIR.value if _BASE.value else None,
+                                       step=_STEP.value, neox_head_name=_NEOX_HEAD.value)
+      print(f"exported {what}")
   except (CheckpointMismatchError, UnreadableCheckpointError, FileNotFoundError, FileExistsError,
           ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -94,36 +102,6 @@ def _require(*named):
   absent = [f"--{name}" for name, value in named if value is None]
   if absent:
     raise app.UsageError(f"missing {', '.join(absent)}; {USAGE}")
-
-
-def _latest_trainable(workdir: str):
-  """The trainable params (only those, not the optimizer state) of a training run's latest
-  checkpoint, restored as numpy onto this host whatever mesh wrote them, in the layout (scanned
-  or not) the run used."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  if not (epath.Path(workdir) / "checkpoints").is_dir():  # local or gs://
-    raise FileNotFoundError(f"No training checkpoints in {workdir}")
-  ckpt = checkpoint.Checkpointer(workdir, keep=1)
-  step = ckpt.latest_step()
-  state_dir = ckpt.directory / str(step) / "state"
-  if step is None or not state_dir.is_dir():
-    raise FileNotFoundError(f"No training checkpoint in {ckpt.directory}")
-  state_dir = str(state_dir)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    stored = checkpointer.metadata(state_dir).item_metadata.tree["params"]
-    item = {"params": _tree_map(lambda m: np.zeros((), m.dtype), stored)}
-    args = {"params": _tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)}
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=args, partial_restore=True))
-  print(f"trainable weights of step {step} in {ckpt.directory}")
-  return state["params"]
-
-
-def _tree_map(fn, tree):
-  return {k: _tree_map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 from flamingo_jax.models.decoders.block import DecoderBlock
 from flamingo_jax.models.decoders import positions as pos
-from tests import reference_models as ref
+from oracle import reference_models as ref
 
 D, H, L = 64, 4, 10
 

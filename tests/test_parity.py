@@ -7,7 +7,7 @@ import torch
 
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.weights import state_dict as sd_lib
-from tests import reference_models as ref
+from oracle import reference_models as ref
 
 TOL = 1e-4
 

@@ -8,7 +8,7 @@ import pytest
 from flamingo_jax.models import layer_groups, rules, shapes
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.weights import state_dict as sd_lib
-from tests import reference_models as ref
+from oracle import reference_models as ref
 
 
 @pytest.fixture(scope="module", params=[1, 2])

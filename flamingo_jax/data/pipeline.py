@@ -7,9 +7,7 @@ preprocess (in worker processes when `workers > 0`) -> drop and count skipped sa
 `get_state()`/`set_state()` resume exactly, and a seed gives the same batches whatever the number
 of workers.
 
-Batch contract (numpy, per process): images float32 [B, N, 1, H, W, 3] (channel-last, CLIP
-normalised), image_mask bool [B, N], input_ids / attention_mask / labels int32 [B, L]; labels are
-unshifted with -100 where ignored. N is 1 for LAION and `mmc4.max_images` for MMC4.
+Every batch (numpy, per process) is checked against the batch contract, `data/batch.py`.
 """
 from __future__ import annotations
 
@@ -21,7 +19,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from flamingo_jax.data import array_record, laion, mmc4
+from flamingo_jax.data import array_record, batch as batch_lib, laion, mmc4
+from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.data.shards import expand_shards, process_shards
 from flamingo_jax.data.skips import Skip, SkipCounter
 from flamingo_jax.data.tar_source import TarShardSource
@@ -31,7 +30,6 @@ from flamingo_jax.data.tokenizer import special_ids
 __all__ = ["DATASETS", "Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
            "ensure_synthetic_shards", "first_batches", "local_source"]
 
-DATASETS = ("laion", "mmc4")
 
 
 class _Preprocess:
@@ -103,7 +101,18 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   it = it.batch(local, drop_remainder=True)
   if name == "laion" and cfg.random_flip:
     it = it.random_map(laion.flip_batch, seed=seed)
-  return it
+  return it.map(_Checked(name, batch_lib.batch_shapes(name, cfg, local)))
+
+
+class _Checked:
+  """Passes a batch on after checking it against the contract (a plain object: it pickles)."""
+
+  def __init__(self, name: str, shapes: dict):
+    self.name, self.shapes = name, shapes
+
+  def __call__(self, batch: dict) -> dict:
+    batch_lib.check_batch(self.name, batch, self.shapes)
+    return batch
 
 
 def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: int = 0,

@@ -176,15 +176,37 @@ def corpus(seed: int = 0, n: int = 2000) -> list[str]:
   return words * 20 + list(FILLER) * 20 + pseudo
 
 
+def write_images(out: str, n: int, *, image_size: int = 64, seed: int = 10_000) -> list[tuple[str, str]]:
+  """Writes `n` captioned images as PNG files (`out/image_{i}.png`, plus `captions.txt`) from a
+  seed the shards do not use, so that they are held out; returns (path, caption) pairs."""
+  os.makedirs(out, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  pairs = []
+  for i in range(n):
+    img, caption = draw(rng, image_size)
+    path = os.path.join(out, f"image_{i}.png")
+    img.save(path)
+    pairs.append((path, caption))
+  with open(os.path.join(out, "captions.txt"), "w") as f:
+    f.writelines(f"{os.path.basename(p)}\t{c}\n" for p, c in pairs)
+  return pairs
+
+
 def main() -> None:
-  parser = argparse.ArgumentParser(description="Write synthetic LAION/MMC4 WebDataset shards.")
+  parser = argparse.ArgumentParser(description="Write synthetic LAION/MMC4 WebDataset shards, or "
+                                   "(--images N) N held-out captioned image files.")
   parser.add_argument("--out", required=True)
+  parser.add_argument("--images", type=int, default=0, help="write N image files instead of shards")
   parser.add_argument("--laion-shards", type=int, default=4)
   parser.add_argument("--mmc4-shards", type=int, default=4)
   parser.add_argument("--samples-per-shard", type=int, default=64)
   parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   a = parser.parse_args()
+  if a.images:
+    pairs = write_images(a.out, a.images, image_size=a.image_size, seed=10_000 + a.seed)
+    print(f"wrote {len(pairs)} images and captions.txt to {a.out}")
+    return
   paths = write_shards(a.out, laion_shards=a.laion_shards, mmc4_shards=a.mmc4_shards,
                        samples_per_shard=a.samples_per_shard, image_size=a.image_size, seed=a.seed)
   print(f"wrote {len(paths['laion'])} LAION and {len(paths['mmc4'])} MMC4 shards to {a.out}")

@@ -28,3 +28,21 @@ def special_ids(tok) -> dict[str, int]:
   enc = lambda s: tok(s, add_special_tokens=False)["input_ids"][-1]
   return {"eoc": enc(EOC_TOKEN), "media": enc(MEDIA_TOKEN), "pad": tok.pad_token_id,
           "eos": tok.eos_token_id}
+
+
+class TokenizerMismatchError(ValueError):
+  """A tokenizer whose vocabulary size or special ids differ from the model config's."""
+
+
+def check_tokenizer(tok, model_cfg, source: str) -> None:
+  """The tokenizer (with OpenFlamingo's added tokens) has the config's vocabulary size and
+  special-token ids; otherwise token ids and embedding rows would silently be off."""
+  ids = special_ids(tok)
+  problems = [] if len(tok) == model_cfg.lm.vocab_size else [
+      f"len(tokenizer) = {len(tok)} but lm.vocab_size = {model_cfg.lm.vocab_size}"]
+  for name, field in (("eoc", "eoc_token_id"), ("media", "media_token_id"), ("pad", "pad_token_id")):
+    if ids[name] != model_cfg[field]:
+      problems.append(f"the tokenizer's {name} id is {ids[name]} but {field} = {model_cfg[field]}")
+  if problems:
+    raise TokenizerMismatchError(f"Tokenizer {source} does not line up with the config (token ids "
+                                 f"and embedding rows would be off): {'; '.join(problems)}")

@@ -11,45 +11,24 @@ reference cache `<dir>/<name>.pkl` (torch.save of the features, made by its
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flamingo_jax.models.layers import FROZEN, LayerNorm
-from flamingo_jax.models.vision import VisionTransformer
-
-
-@functools.lru_cache(maxsize=4)
-def _embed_fn(model_cfg_json: str):
-  cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
-  vit = VisionTransformer(cfg.vision, "none", jnp.dtype(cfg.dtype), jnp.dtype(cfg.frozen_dtype))
-  ln_post = LayerNorm(cfg.vision.ln_eps, collection=FROZEN)
-  last = f"resblocks_{cfg.vision.layers - 1}"
-
-  def embed(vision_vars, images):
-    # The tower returns patch tokens only; the class token is the last block's first output row.
-    _, state = vit.apply({FROZEN: vision_vars}, images, mutable=["intermediates"],
-                         capture_intermediates=lambda m, method: m.name == last and method == "__call__")
-    cls = state["intermediates"][last]["__call__"][0][:, 0]
-    pooled = ln_post.apply({FROZEN: vision_vars["ln_post"]}, cls).astype(jnp.float32)
-    emb = pooled @ vision_vars["proj"].astype(jnp.float32)
-    return emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
-
-  return jax.jit(embed)
+from flamingo_jax.models.layers import FROZEN
+from flamingo_jax.models.vision import clip_embedding_fn
 
 
 def image_embeddings(model_cfg: ml_collections.ConfigDict, variables, images) -> jax.Array:
-  """(N, S, S, 3) CLIP-normalised images -> (N, embed_dim) L2-normalised CLIP image embeddings."""
+  """(N, S, S, 3) CLIP-normalised images -> (N, embed_dim) L2-normalised CLIP image embeddings
+  (compiled for this call; `Sampler.embed_images` keeps the compiled function)."""
   vision_vars = nn.unbox(variables)[FROZEN]["vision"]
-  return _embed_fn(model_cfg.to_json())(vision_vars, images)
+  return jax.jit(clip_embedding_fn(model_cfg))(vision_vars, images)
 
 
 def load_or_compute(cache_dir: str | None, name: str, num_rows: int,

@@ -11,24 +11,20 @@ Images: one (S, S, 3) CLIP-normalised array per `<image>`, zeros in unused trail
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
-import json
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from flamingo_jax.data import image_preprocess, tokenizer as tok_lib
-from flamingo_jax.evaluate import clip_features
-from flamingo_jax.evaluate.prompts import Decoding
+from flamingo_jax.generate import DecodeSettings, Sampler
 from flamingo_jax.models import rules
-from flamingo_jax.models.flamingo import Flamingo
 
 
 class ImageLoader:
@@ -49,39 +45,6 @@ class ImageLoader:
 
   def load_many(self, paths: Sequence[str]) -> list[np.ndarray]:
     return list(self._pool.map(self._load, paths))
-
-
-@functools.lru_cache(maxsize=4)
-def _scoring_fns(model_cfg_json: str):
-  """Jitted pieces of class scoring: prefill, cached continuation, and full-forward scoring."""
-  model = Flamingo(ml_collections.ConfigDict(json.loads(model_cfg_json)))
-  prefill = jax.jit(lambda v, x, ids, mask, max_len: model.apply(v, x, ids, mask, max_len,
-                                                                   method=Flamingo.prefill),
-                    static_argnums=4)
-
-  @jax.jit
-  def continuation(v, state, first_logprobs, tokens):
-    """Mean log-prob of `tokens` (B, m) after the prefilled context, fed one at a time."""
-    lp = jnp.take_along_axis(first_logprobs, tokens[:, :1], axis=-1)[:, 0]
-
-    def step(st, pair):
-      token, target = pair
-      logits, st = model.apply(v, token, st, method=Flamingo.extend)
-      return st, jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
-                                     target[:, None], axis=-1)[:, 0]
-
-    _, rest = jax.lax.scan(step, state, (tokens[:, :-1].T, tokens[:, 1:].T))
-    return (lp + rest.sum(0)) / tokens.shape[1]
-
-  @jax.jit
-  def full_forward(v, x, ids, mask, num_class_tokens):
-    """Mean log-prob of the last `num_class_tokens` ids from one forward over the whole row."""
-    m = num_class_tokens.shape[0]
-    logits = model.apply(v, x, ids, mask)[:, -m - 1:-1].astype(jnp.float32)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, -m:, None], axis=-1)[..., 0]
-    return lp.mean(-1)
-
-  return prefill, continuation, full_forward
 
 
 # The reference decoded with transformers 4.2x-4.3x, whose `decode` removed these spaces by
@@ -106,29 +69,38 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 class EvalModel:
-  """A Flamingo with its tokenizer and mesh, answering batches of interleaved prompts."""
+  """A Flamingo (its Sampler) with its tokenizer, answering batches of interleaved prompts.
 
-  def __init__(self, model_cfg: ml_collections.ConfigDict, variables: Any, tokenizer,
-               mesh: Mesh | None = None, *, pad_multiple: int = 64, max_length: int = 2000,
-               image_cache_size: int = 1024, image_workers: int = 8,
-               generate_fn: Callable | None = None):
-    self.cfg = model_cfg
-    self.variables = variables
+  `generate_fn(vision_x, input_ids, attention_mask, settings)` replaces the sampler's generation
+  (tests use it to plant known answers)."""
+
+  def __init__(self, sampler: Sampler, tokenizer, *, pad_multiple: int = 64, max_length: int = 2000,
+               image_cache_size: int = 1024, image_workers: int = 8, generate_fn: Callable | None = None):
+    if sampler.mesh is None:
+      raise ValueError("EvalModel needs a Sampler with a mesh")
+    self.sampler = sampler
+    self.cfg, self.mesh = sampler.cfg, sampler.mesh
     self.tok = tokenizer
-    self.mesh = mesh if mesh is not None else rules.make_mesh(ml_collections.ConfigDict(
-        dict(data=-1, fsdp=1, tensor=1)))
     self.pad_multiple, self.max_length = pad_multiple, max_length
-    self.images = ImageLoader(model_cfg.vision.image_size, image_cache_size, image_workers)
+    self.images = ImageLoader(self.cfg.vision.image_size, image_cache_size, image_workers)
     ids = tok_lib.special_ids(tokenizer)
-    if (ids["eoc"], ids["media"]) != (model_cfg.eoc_token_id, model_cfg.media_token_id):
+    if (ids["eoc"], ids["media"]) != (self.cfg.eoc_token_id, self.cfg.media_token_id):
       raise ValueError(f"Tokenizer ids eoc={ids['eoc']} media={ids['media']} differ from the model "
-                       f"config's {model_cfg.eoc_token_id}, {model_cfg.media_token_id}")
+                       f"config's {self.cfg.eoc_token_id}, {self.cfg.media_token_id}")
     self.eoc_id, self.pad_id = ids["eoc"], ids["pad"]
-    if generate_fn is None:
-      from flamingo_jax.generate import generate as generate_fn  # pylint: disable=g-import-not-at-top
-    self._generate = generate_fn
+    self._generate = generate_fn or sampler.generate
     self._batch_sharding = lambda ndim: rules.batch_sharding(self.mesh, ndim)
-    self.batch_multiple = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    self.batch_multiple = sampler.batch_multiple
+
+  @classmethod
+  def from_loaded(cls, loaded, eval_cfg: ml_collections.ConfigDict) -> "EvalModel":
+    """From `weights.load.load_model`'s result and the evaluation settings."""
+    return cls(Sampler.from_loaded(loaded), loaded.tokenizer, pad_multiple=eval_cfg.pad_multiple,
+               max_length=eval_cfg.max_length, image_cache_size=eval_cfg.image_cache_size)
+
+  @property
+  def variables(self):
+    return self.sampler.variables
 
   # -- inputs --------------------------------------------------------------------------------
 
@@ -170,16 +142,14 @@ class EvalModel:
   # -- generation ----------------------------------------------------------------------------
 
   def generate(self, texts: Sequence[str], image_paths: Sequence[Sequence[str]],
-               decoding: Decoding) -> list[str]:
-    """Continuations of the prompts, decoded without special tokens (as the reference)."""
+               decoding: DecodeSettings) -> list[str]:
+    """Continuations of the prompts, decoded without special tokens (as the reference); they
+    stop at <|endofchunk|>."""
     n = len(texts)
     texts, image_paths = self._pad_rows(texts, image_paths)
     ids, mask = self.tokenize(texts)
-    out = self._generate(self.cfg, self.variables, self.vision_x(image_paths), ids, mask,
-                         max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams,
-                         length_penalty=decoding.length_penalty,
-                         **({"min_new_tokens": decoding.min_new_tokens} if decoding.min_new_tokens else {}),
-                         eos_token_ids=(self.eoc_id,), pad_token_id=self.pad_id)
+    settings = dataclasses.replace(decoding, eos_token_ids=(self.eoc_id,), pad_token_id=self.pad_id)
+    out = self._generate(self.vision_x(image_paths), ids, mask, settings)
     new_tokens = np.asarray(out)[:n, ids.shape[1]:]
     texts = self.tok.batch_decode(new_tokens.tolist(), skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)
@@ -207,27 +177,26 @@ class EvalModel:
     texts, image_paths = self._pad_rows(texts, image_paths)
     ids, mask = self.tokenize(texts)
     vision = self.vision_x(image_paths)
-    prefill, continuation, full_forward = _scoring_fns(self.cfg.to_json())
+    sampler = self.sampler
     b, length = ids.shape
     scores = np.zeros((b, len(class_tokens)), np.float32)
     if use_cache:
       max_m = max(len(t) for t in class_tokens)
-      logits, state = prefill(self.variables, vision, ids, mask, length + max_m - 1)
+      logits, state = sampler.prefill(vision, ids, mask, length + max_m - 1)
       first = jax.nn.log_softmax(logits.astype(jnp.float32))
       single = [c for c, t in enumerate(class_tokens) if len(t) == 1]
       if single:
         scores[:, single] = _to_host(first[:, np.asarray([class_tokens[c][0] for c in single])])
       for c, toks in enumerate(class_tokens):
         if len(toks) > 1:
-          scores[:, c] = _to_host(continuation(self.variables, state, first,
-                                               np.tile(np.asarray(toks, np.int32), (b, 1))))
+          scores[:, c] = _to_host(sampler.continuation_log_prob(
+              state, first, np.tile(np.asarray(toks, np.int32), (b, 1))))
     else:
       for c, toks in enumerate(class_tokens):
         m = len(toks)
         full_ids = np.concatenate([ids, np.tile(np.asarray(toks, np.int32), (b, 1))], axis=1)
         full_mask = np.concatenate([mask, np.ones((b, m), np.int32)], axis=1)
-        scores[:, c] = _to_host(full_forward(self.variables, vision, full_ids, full_mask,
-                                             np.zeros(m, np.int32)))
+        scores[:, c] = _to_host(sampler.full_forward_log_prob(vision, full_ids, full_mask, m))
     return scores[:n]
 
   # -- RICES ---------------------------------------------------------------------------------
@@ -240,20 +209,7 @@ class EvalModel:
       chunk = list(paths[start:start + batch_size])
       padded = chunk + [chunk[-1]] * (self.padded_size(len(chunk)) - len(chunk))
       images = self.vision_x([[p] for p in padded])[:, 0, 0]
-      out.append(_to_host(clip_features.image_embeddings(self.cfg, self.variables, images))[:len(chunk)])
+      out.append(_to_host(self.sampler.embed_images(images))[:len(chunk)])
       if progress is not None:
         progress(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, self.cfg.vision.embed_dim), np.float32)
-
-
-def place_variables(model_cfg: ml_collections.ConfigDict, variables: Any, mesh: Mesh,
-                    sharding_rules) -> Any:
-  """Puts (unboxed) variables on the mesh by the config's logical-axis rules, in their dtypes:
-  trainable in param_dtype, frozen in frozen_dtype."""
-  from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
-  shardings = nn.unbox(rules.variable_shardings(shapes.abstract_variables(model_cfg), mesh, sharding_rules))
-  dtypes = {"params": jnp.dtype(model_cfg.param_dtype), "frozen": jnp.dtype(model_cfg.frozen_dtype)}
-  variables = nn.unbox(variables)
-  variables = {c: jax.tree_util.tree_map(lambda x, d=dtypes[c]: np.asarray(x, d), v)
-               for c, v in variables.items()}
-  return jax.device_put(variables, shardings)

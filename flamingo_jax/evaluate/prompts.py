@@ -14,18 +14,16 @@ import re
 from typing import Callable
 
 from flamingo_jax.evaluate.metrics import vqa
+from flamingo_jax.generate.search import DecodeSettings
 
 MEDIA, EOC = "<image>", "<|endofchunk|>"
 ZERO_SHOT_DEMOS = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class Decoding:
-  """Beam search as OpenFlamingo's evaluation calls `generate` (stops at <|endofchunk|>)."""
-  num_beams: int = 3
-  max_new_tokens: int = 20
-  min_new_tokens: int = 0
-  length_penalty: float = 0.0  # 0.0: summed log-probs, no length normalisation
+def eval_decoding(max_new_tokens: int) -> DecodeSettings:
+  """Beam search as OpenFlamingo's evaluation calls `generate`: 3 beams, length_penalty 0.0
+  (summed log-probs, no length normalisation); the model adds its <|endofchunk|> as EOS."""
+  return DecodeSettings(num_beams=3, max_new_tokens=max_new_tokens, length_penalty=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +31,17 @@ class Task:
   name: str
   kind: str                  # "captioning" | "vqa" | "classification"
   metric: str                # what the number is, for reports
-  decoding: Decoding | None  # None for classification (scored by log-likelihood)
+  decoding: DecodeSettings | None  # None for classification (scored by log-likelihood)
   rices_name: str            # the reference's cached-feature file stem
 
 
 TASKS = {
-    "coco": Task("coco", "captioning", "CIDEr", Decoding(max_new_tokens=20), "coco"),
-    "flickr30": Task("flickr30", "captioning", "CIDEr", Decoding(max_new_tokens=20), "flickr30"),
-    "vqav2": Task("vqav2", "vqa", "VQA accuracy", Decoding(max_new_tokens=5), "vqav2"),
-    "ok_vqa": Task("ok_vqa", "vqa", "VQA accuracy", Decoding(max_new_tokens=5), "ok_vqa"),
-    "vizwiz": Task("vizwiz", "vqa", "VQA accuracy", Decoding(max_new_tokens=5), "vizwiz"),
-    "textvqa": Task("textvqa", "vqa", "VQA accuracy", Decoding(max_new_tokens=10), "textvqa"),
+    "coco": Task("coco", "captioning", "CIDEr", eval_decoding(max_new_tokens=20), "coco"),
+    "flickr30": Task("flickr30", "captioning", "CIDEr", eval_decoding(max_new_tokens=20), "flickr30"),
+    "vqav2": Task("vqav2", "vqa", "VQA accuracy", eval_decoding(max_new_tokens=5), "vqav2"),
+    "ok_vqa": Task("ok_vqa", "vqa", "VQA accuracy", eval_decoding(max_new_tokens=5), "ok_vqa"),
+    "vizwiz": Task("vizwiz", "vqa", "VQA accuracy", eval_decoding(max_new_tokens=5), "vizwiz"),
+    "textvqa": Task("textvqa", "vqa", "VQA accuracy", eval_decoding(max_new_tokens=10), "textvqa"),
     "hateful_memes": Task("hateful_memes", "classification", "ROC AUC x 100", None, "hateful_memes"),
     "imagenet": Task("imagenet", "classification", "top-1 accuracy (%)", None, "imagenet"),
 }

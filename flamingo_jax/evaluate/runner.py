@@ -1,18 +1,17 @@
-"""Stages of an evaluation run: load the model onto the mesh, run each task, write the report."""
+"""Stages of an evaluation run: run each task, write the report (the model comes from
+`weights.load.load_model`, wrapped by `EvalModel.from_loaded`)."""
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
 
-from flamingo_jax.data import tokenizer as tok_lib
 from flamingo_jax.evaluate import datasets, prompts, report, tasks
-from flamingo_jax.evaluate.inference import EvalModel, place_variables
-from flamingo_jax.models import rules
+from flamingo_jax.evaluate.inference import EvalModel
 
 
 def guess_model_name(config: ml_collections.ConfigDict, config_path: str | None = None) -> str | None:
@@ -26,16 +25,6 @@ def guess_model_name(config: ml_collections.ConfigDict, config_path: str | None 
   name = {("mpt", 2048): "of_3b", ("gpt_neox", 2560): "of_4b", ("mpt", 4096): "of_9b"}.get(
       (lm.family, lm.hidden_size))
   return f"{name}_instruct" if name and instruct and name != "of_9b" else name
-
-
-def load_model(config: ml_collections.ConfigDict, variables: Any, eval_cfg: ml_collections.ConfigDict,
-               tokenizer_path: str | None = None) -> EvalModel:
-  """Places the variables on the config's mesh and wraps model, tokenizer and mesh."""
-  mesh = rules.make_mesh(config.mesh)
-  variables = place_variables(config.model, variables, mesh, rules.logical_rules(config))
-  tok = tok_lib.load_tokenizer(tokenizer_path or config.tokenizer_path)
-  return EvalModel(config.model, variables, tok, mesh, pad_multiple=eval_cfg.pad_multiple,
-                   max_length=eval_cfg.max_length, image_cache_size=eval_cfg.image_cache_size)
 
 
 def task_settings(eval_cfg: ml_collections.ConfigDict, task: str, out_dir: str,

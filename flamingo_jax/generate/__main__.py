@@ -1,16 +1,22 @@
-"""Answers an interleaved image-text prompt with a flamingo_jax base checkpoint.
+"""Answers an interleaved image-text prompt with a base checkpoint or a training run.
 
   python -m flamingo_jax.generate --checkpoint=/ckpt/of3b-base --image a.jpg --image b.jpg \
       --prompt "<image>Output: two cats.<|endofchunk|><image>Output:" [--num_beams 3]
+  python -m flamingo_jax.generate --checkpoint=runs/tiny [--step=500] --image x.png --prompt "<image>"
 
-Images are matched to the `<image>` tokens in order. Generation stops at `<|endofchunk|>`.
+--checkpoint is a base checkpoint (convert import) or a training workdir (its latest step, or
+--step), local or gs://. Images are matched to the `<image>` tokens in order. Generation stops at
+`<|endofchunk|>`.
 """
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags
 import numpy as np
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Base checkpoint directory (convert import).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Base checkpoint or training workdir.")
+_STEP = flags.DEFINE_integer("step", None, "With a training workdir: the step (default: latest).")
 _IMAGES = flags.DEFINE_multi_string("image", [], "Image files, one per <image> token, in order.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Interleaved prompt with <image> tokens.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer dir (default: the checkpoint config's).")
@@ -24,22 +30,22 @@ def main(argv):
   del argv
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from flamingo_jax.data import image_preprocess, tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.generate import generate  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.weights import orbax_io  # pylint: disable=g-import-not-at-top
-  config, variables = orbax_io.load_base_checkpoint(_CHECKPOINT.value)
-  tok = tok_lib.load_tokenizer(_TOKENIZER.value or config.tokenizer_path)
-  ids = tok_lib.special_ids(tok)
+  from flamingo_jax.generate import DecodeSettings, Sampler  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.weights import load  # pylint: disable=g-import-not-at-top
   n_media = _PROMPT.value.count(tok_lib.MEDIA_TOKEN)
   if n_media != len(_IMAGES.value):
     raise app.UsageError(f"The prompt has {n_media} <image> tokens but {len(_IMAGES.value)} --image files")
-  size = config.model.vision.image_size
+  loaded = load.load_model(_CHECKPOINT.value, step=_STEP.value, tokenizer_path=_TOKENIZER.value)
+  print(f"model: {loaded.source}", file=sys.stderr)
+  tok, model_cfg = loaded.tokenizer, loaded.config.model
+  size = model_cfg.vision.image_size
   pixels = [image_preprocess.clip_preprocess(Image.open(p).convert("RGB"), size) for p in _IMAGES.value]
   vision_x = np.stack(pixels)[None, :, None] if pixels else np.zeros((1, 1, 1, size, size, 3), np.float32)
   input_ids = np.asarray([tok(_PROMPT.value, add_special_tokens=False)["input_ids"]], np.int32)
-  out = generate(config.model, variables, vision_x, input_ids, np.ones_like(input_ids),
-                 max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
-                 length_penalty=_LENGTH_PENALTY.value, eos_token_ids=(ids["eoc"],),
-                 pad_token_id=ids["pad"])
+  settings = DecodeSettings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
+                            length_penalty=_LENGTH_PENALTY.value, eos_token_ids=(model_cfg.eoc_token_id,),
+                            pad_token_id=model_cfg.pad_token_id)
+  out = Sampler.from_loaded(loaded).generate(vision_x, input_ids, np.ones_like(input_ids), settings)
   print(tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=False).replace(tok_lib.PAD_TOKEN, ""))
 
 

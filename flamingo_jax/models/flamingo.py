@@ -54,11 +54,17 @@ class Flamingo(nn.Module):
     """Ids whose embedding rows are trainable, in the row order of `special_embeddings`."""
     return (self.cfg.eoc_token_id, self.cfg.media_token_id)
 
-  def encode_images(self, vision_x: jax.Array) -> jax.Array:
-    """(B, T, F, S, S, 3) normalised images -> (B, T, N, D_vision) resampled latents."""
+  def encode_images(self, vision_x: jax.Array, image_mask: jax.Array | None = None) -> jax.Array:
+    """(B, T, F, S, S, 3) normalised images -> (B, T, N, D_vision) resampled latents.
+
+    `image_mask` (B, T) marks the slots that hold a real image; the others are encoded as blank
+    (all-zero) images whatever their pixels, which is what the data pipeline puts there.
+    """
     if vision_x.ndim != 6:
       raise ValueError(f"vision_x must be (batch, images, frames, height, width, 3), got {vision_x.shape}")
     b, t, f = vision_x.shape[:3]
+    if image_mask is not None:
+      vision_x = jnp.where(image_mask[:, :, None, None, None, None], vision_x, 0)
     tokens = self.vision(vision_x.reshape(b * t * f, *vision_x.shape[3:]))
     tokens = jax.lax.stop_gradient(tokens)  # frozen tower: nothing upstream needs its gradient
     return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]))
@@ -113,9 +119,9 @@ class Flamingo(nn.Module):
     return self.output_logits(h)
 
   def __call__(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-               positions: jax.Array | None = None) -> jax.Array:
+               positions: jax.Array | None = None, image_mask: jax.Array | None = None) -> jax.Array:
     """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits."""
-    return self.decode(self.encode_images(vision_x), input_ids, attention_mask, positions)
+    return self.decode(self.encode_images(vision_x, image_mask), input_ids, attention_mask, positions)
 
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
 

@@ -70,31 +70,50 @@ def _unstack(tree, count):
 
 
 def to_scanned(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Unrolled (unboxed) variables -> the scanned layout."""
+  """Unrolled (unboxed) variables -> the scanned layout. Either collection may be absent."""
   n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
   groups = layers_n // n
-  params, frozen = dict(variables.get("params", {})), dict(variables.get("frozen", {}))
-  lm = dict(frozen.get("lm", {}))
-  scanned_frozen = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
-                    for j in range(n)}
-  scanned_params = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
-  frozen["lm"] = lm
-  params["layers"], frozen["layers"] = scanned_params, scanned_frozen
-  return {"params": params, "frozen": frozen}
+  out = {k: dict(v) for k, v in variables.items()}
+  if "params" in out:
+    params = out["params"]
+    params["layers"] = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
+  if "frozen" in out:
+    lm = dict(out["frozen"].get("lm", {}))
+    out["frozen"]["layers"] = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
+                               for j in range(n)}
+    out["frozen"]["lm"] = lm
+  return out
 
 
 def to_unrolled(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps."""
+  """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps. Either
+  collection may be absent."""
   n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
   groups = layers_n // n
-  params, frozen = dict(variables["params"]), dict(variables["frozen"])
-  scanned_params, scanned_frozen = params.pop("layers"), frozen.pop("layers")
-  lm = dict(frozen.get("lm", {}))
-  for g, block in enumerate(_unstack(scanned_params["xattn"], groups)):
-    params[f"xattn_{g * n + n - 1}"] = block
-  for j in range(n):
-    for g, block in enumerate(_unstack(scanned_frozen[f"block_{j}"], groups)):
-      lm[f"blocks_{g * n + j}"] = block
-  frozen["lm"] = lm
   assert all(has_xattn(g * n + n - 1, n) for g in range(groups))
-  return {"params": params, "frozen": frozen}
+  out = {k: dict(v) for k, v in variables.items()}
+  if "params" in out:
+    params = out["params"]
+    for g, block in enumerate(_unstack(params.pop("layers")["xattn"], groups)):
+      params[f"xattn_{g * n + n - 1}"] = block
+  if "frozen" in out:
+    scanned, lm = out["frozen"].pop("layers"), dict(out["frozen"].get("lm", {}))
+    for j in range(n):
+      for g, block in enumerate(_unstack(scanned[f"block_{j}"], groups)):
+        lm[f"blocks_{g * n + j}"] = block
+    out["frozen"]["lm"] = lm
+  return out
+
+
+def is_scanned(variables: dict[str, Any]) -> bool:
+  """Whether variables are in the scanned layout."""
+  return any("layers" in variables.get(c, {}) for c in ("params", "frozen"))
+
+
+def to_layout(variables: dict[str, Any], cfg: ml_collections.ConfigDict, scanned: bool) -> dict[str, Any]:
+  """Variables (either layout; either collection may be absent) in the layout asked for. A
+  conversion happens on the host: device arrays are fetched first."""
+  if is_scanned(variables) == scanned:
+    return variables
+  host = jax.device_get(variables)
+  return to_scanned(host, cfg) if scanned else to_unrolled(host, cfg)

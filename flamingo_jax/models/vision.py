@@ -77,3 +77,24 @@ class VisionTransformer(nn.Module):
                       (c.width, c.embed_dim), self.param_dtype, ("vision_embed", None))
     return x[:, 1:]
 
+
+
+def clip_embedding_fn(model_cfg: ml_collections.ConfigDict):
+  """(vision variables, (N, S, S, 3) images) -> (N, embed_dim) L2-normalised CLIP image embeddings:
+  open_clip's `encode_image` (class token after `ln_post`, projected by `proj`), which RICES
+  uses, computed from the Flamingo's own frozen tower. Returns the function; jit it."""
+  vit = VisionTransformer(model_cfg.vision, "none", jnp.dtype(model_cfg.dtype),
+                          jnp.dtype(model_cfg.frozen_dtype))
+  ln_post = LayerNorm(model_cfg.vision.ln_eps, collection=FROZEN)
+  last = f"resblocks_{model_cfg.vision.layers - 1}"
+
+  def embed(vision_vars, images):
+    # The tower returns patch tokens only; the class token is the last block's first output row.
+    _, state = vit.apply({FROZEN: vision_vars}, images, mutable=["intermediates"],
+                         capture_intermediates=lambda m, method: m.name == last and method == "__call__")
+    cls = state["intermediates"][last]["__call__"][0][:, 0]
+    pooled = ln_post.apply({FROZEN: vision_vars["ln_post"]}, cls).astype(jnp.float32)
+    emb = pooled @ vision_vars["proj"].astype(jnp.float32)
+    return emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
+
+  return embed

@@ -10,14 +10,21 @@ data and so has its own position in it.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grain
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flamingo_jax import paths
+from flamingo_jax import paths, tree
+
+# The run's whole config, written by training into its workdir: what a tool reading the workdir
+# needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
+RUN_CONFIG = "train_config.json"
 
 
 def data_item(name: str) -> str:
@@ -28,12 +35,15 @@ def data_item(name: str) -> str:
 class Checkpointer:
   """Keep-N manager of the train state and the iterators of `data_names` under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, keep: int, data_names: tuple[str, ...] = (), asynchronous: bool = True):
+  def __init__(self, workdir: str, keep: int, data_names: tuple[str, ...] = (), asynchronous: bool = True,
+               create: bool = True):
     self.directory = epath.Path(paths.resolve(workdir)) / "checkpoints"
+    if not create and not self.directory.is_dir():
+      raise FileNotFoundError(f"No training checkpoints in {paths.resolve(workdir)}")
     self.data_names = tuple(data_names)
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                              enable_async_checkpointing=asynchronous),
         item_names=("state",) + tuple(map(data_item, self.data_names)))
 
@@ -80,3 +90,38 @@ def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a tree of arrays, for restore."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Records the run's config in its workdir (local or gs://); process 0 only."""
+  if jax.process_index() == 0:
+    directory = epath.Path(paths.resolve(workdir))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config a training run recorded in `workdir`, or None if it is not a training workdir."""
+  path = epath.Path(paths.resolve(workdir)) / RUN_CONFIG
+  return ml_collections.ConfigDict(json.loads(path.read_text())) if path.exists() else None
+
+
+def restore_trainable(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """(step, trainable params) of a run's checkpoint `step` (default: the latest), as numpy on
+  this host whatever mesh wrote them, in the layout the run used; not the optimizer state."""
+  ckpt = Checkpointer(workdir, keep=1, create=False)
+  steps = ckpt.manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"No training checkpoint in {ckpt.directory}")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt.directory}; steps: "
+                            f"{', '.join(map(str, sorted(steps)))}")
+  state_dir = str(ckpt.directory / str(step) / "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    stored = checkpointer.metadata(state_dir).item_metadata.tree["params"]
+    item = {"params": tree.map_leaves(lambda m: np.zeros((), m.dtype), stored)}
+    args = {"params": tree.map_leaves(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)}
+    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=True))
+  return step, state["params"]

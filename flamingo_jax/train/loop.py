@@ -1,29 +1,38 @@
-"""The training loop, as small named stages: mesh, data, state, step, checkpoint, run, eval."""
+"""A training run: `setup` builds everything once (a `TrainRun`), `run` steps through it.
+
+  run = setup(cfg, workdir)     # mesh and rules, tokenizer, data, variables, optimizer state,
+  history = run_steps(run)      # compiled step, checkpointer (restored), writer, preemption
+  final = finish(run)           # the final evaluation and captions; `train_and_evaluate` does all
+
+Preemption: a SIGTERM flag in one process; in a multi-host job JAX's preemption service, so that
+all hosts save at the same step.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import os
 import signal
+import tempfile
 import time
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flamingo_jax.data import pipeline, tokenizer
-from flamingo_jax.models import rules, shapes
+from flamingo_jax import paths
+from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
+from flamingo_jax.data.skips import SkipCounter
+from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
-
-
-class NonFiniteError(FloatingPointError):
-  """A non-finite loss or gradient; raised before anything of that step is checkpointed."""
+from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
+from flamingo_jax.weights import load
 
 
 class _Preemption:
@@ -55,30 +64,62 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def setup_mesh(cfg):
-  mesh = rules.make_mesh(cfg.mesh)
-  return mesh, rules.logical_rules(cfg)
+@dataclasses.dataclass
+class TrainRun:
+  """Everything a run reads while it steps, built once by `setup`."""
+  cfg: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  rules: tuple
+  tokenizer: Any
+  iterators: dict[str, grain.DatasetIterator]
+  skips: SkipCounter
+  frozen: Any
+  state: TrainState
+  start_step: int
+  step_fn: Any
+  ckpt: checkpoint.Checkpointer
+  writer: Any
+  preemption: _Preemption
+  non_finite: NonFinitePolicy
+
+  def context(self):
+    """The mesh and its logical-axis rules, entered once around the whole run."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(self.mesh)
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
 
 
-def load_frozen_and_params(cfg, mesh, rule_set) -> tuple[dict, Any, Any]:
-  """Initial variables, placed on the mesh: the base checkpoint's, or seeded random ones."""
-  abstract = shapes.abstract_variables(cfg.model)
-  shardings = nn.unbox(rules.variable_shardings(abstract, mesh, rule_set))
-  if cfg.checkpoint.base:
-    from flamingo_jax.weights import orbax_io  # pylint: disable=g-import-not-at-top
-    _, variables = orbax_io.load_base_checkpoint(cfg.checkpoint.base)
-    # Stored and fed in the config's dtypes: frozen weights in frozen_dtype (bf16 on TPU).
-    dtypes = {"params": jnp.dtype(cfg.model.param_dtype), "frozen": jnp.dtype(cfg.model.frozen_dtype)}
-    variables = {c: jax.tree_util.tree_map(lambda x, d=dtypes[c]: np.asarray(x, d), v)
-                 for c, v in variables.items()}
-    variables = jax.device_put(variables, shardings)
-  else:
-    with mesh, nn.logical_axis_rules(rule_set):
-      init = jax.jit(lambda rng: nn.unbox(shapes.init_variables(cfg.model, rng)),
-                     out_shardings=shardings)
-      variables = init(jax.random.PRNGKey(cfg.seed))
-  rules.check_collections(variables)
-  return variables, shardings, abstract
+def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
+  """Builds a run: mesh, tokenizer, data, variables, optimizer state (restored from `workdir`'s
+  latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption."""
+  workdir = paths.resolve(workdir)
+  checkpoint.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  tok = tok_lib.load_tokenizer(cfg.tokenizer_path)
+  tok_lib.check_tokenizer(tok, cfg.model, cfg.tokenizer_path)
+  if jax.process_index() == 0:
+    pipeline.ensure_synthetic_shards(cfg.data)
+  multihost_utils.sync_global_devices("synthetic shards written")
+  iters, skips = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
+                                               process_count=jax.process_count())
+  variables = load.initial_variables(cfg, mesh, rule_set)
+  tx = optimizer.make_optimizer(cfg.optim)
+  with mesh, nn.logical_axis_rules(rule_set):
+    state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
+  ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
+  start = ckpt.latest_step()
+  if start is not None:  # The model state and the data positions it belongs to, together.
+    state = ckpt.restore(start, checkpoint.abstract_like(state), iters)
+    print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
+  non_finite = NonFinitePolicy.from_config(cfg.train)
+  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  step_fn = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite), donate_argnums=0,
+                    out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
+  return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, skips, variables["frozen"], state,
+                  int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
+                  non_finite)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -87,8 +128,60 @@ def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
           for k, v in local.items()}
 
 
-def next_batches(iters) -> dict[str, dict[str, np.ndarray]]:
-  return {name: {k: v for k, v in next(it).items() if k != "image_mask"} for name, it in iters.items()}
+def next_batches(run: TrainRun) -> dict[str, dict[str, jax.Array]]:
+  """The next global batch of every dataset, checked against the batch contract."""
+  out = {}
+  for name, it in run.iterators.items():
+    out[name] = global_batch(next(it), run.mesh)
+    batch_lib.check_batch(name, out[name], batch_lib.batch_shapes(name, run.cfg.data))
+  return out
+
+
+def run_steps(run: TrainRun) -> list[dict[str, float]]:
+  """Steps until `train.num_steps`; returns the logged metrics. The final state is `run.state`."""
+  cfg = run.cfg
+  data = cfg.data
+  samples = sum(data[n].batch_size for n in batch_lib.DATASETS)
+  tokens = sum(data[n].batch_size * data[n].max_tokens for n in batch_lib.DATASETS)
+  history, throughput, t0, step = [], None, time.time(), run.start_step
+  hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
+  with run.context():
+    while step < cfg.train.num_steps:
+      batches = next_batches(run)
+      if throughput is None:
+        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, batches))
+      new_state, m = run.step_fn(run.state, run.frozen, batches)
+      step += 1
+      run.non_finite.check(step, m)  # raises before anything of a stopped step is saved
+      run.state = new_state
+      for hook in hooks:
+        hook(step)
+      if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
+        history.append(_log(run, step, m, throughput, t0))
+      if run.preemption.requested(step):
+        run.ckpt.save(step, run.state, run.iterators, force=True)
+        run.ckpt.wait()
+        print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
+        raise SystemExit(0)
+      if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
+        run.ckpt.save(step, run.state, run.iterators)
+  return history
+
+
+def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, float]:
+  """Writes one step's scalars and prints its progress line."""
+  cfg = run.cfg
+  logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
+            **{f"skipped/{k}": float(v) for k, v in run.skips.counts.items()}, **run.non_finite.scalars()}
+  logged.pop("finite", None)
+  logged["step"] = step
+  run.writer.write_scalars(step, logged)
+  gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])
+  print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}  mmc4 "
+        f"{logged['loss_mmc4']:.4f}  laion {logged['loss_laion']:.4f}  mean tanh(attn_gate) "
+        f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  "
+        f"[{time.time() - t0:.0f}s]", flush=True)
+  return logged
 
 
 @dataclasses.dataclass
@@ -101,119 +194,62 @@ class TrainResult:
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint."""
-  os.makedirs(workdir, exist_ok=True)
-  mesh, rule_set = setup_mesh(cfg)
-  tok = tokenizer.load_tokenizer(cfg.tokenizer_path)
-  if jax.process_index() == 0:
-    pipeline.ensure_synthetic_shards(cfg.data)
-  multihost_utils.sync_global_devices("synthetic shards written")
-  iters, skips = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
-                                               process_count=jax.process_count())
-  variables, shardings, _ = load_frozen_and_params(cfg, mesh, rule_set)
-  frozen = variables["frozen"]
-  tx = optimizer.make_optimizer(cfg.optim)
-  with mesh, nn.logical_axis_rules(rule_set):
-    state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
-  del variables
-  ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
-  start = ckpt.latest_step()
-  if start is not None:  # The model state and the data positions it belongs to, together.
-    state = ckpt.restore(start, checkpoint.abstract_like(state), iters)
-    print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
-  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step_fn = jax.jit(step_lib.make_train_step(cfg, tx), donate_argnums=0,
-                    out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
-  writer = metrics.make_writer(workdir)
-  preempt = _Preemption(ckpt)
-  history = []
+  run = setup(cfg, workdir)
   try:
-    history = _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt,
-                   int(start or 0))
-    state = history.pop()
+    history = run_steps(run)
   finally:
-    preempt.restore()
-    ckpt.close()
-  final = evaluate_image_dependence(cfg, mesh, rule_set, state.params, frozen, tok)
-  writer.write_scalars(int(state.step), final)
-  writer.flush()
-  print(f"TensorBoard logs: {workdir}   Orbax checkpoints: {ckpt.directory}", flush=True)
-  return TrainResult(history, final, state)
+    run.preemption.restore()
+    run.ckpt.close()
+  final = evaluate_image_dependence(run)
+  run.writer.write_scalars(int(run.state.step), final)
+  run.writer.flush()
+  if cfg.train.get("final_captions", 0) and jax.process_index() == 0:
+    caption_held_out_images(run, cfg.train.final_captions)
+  print(f"TensorBoard logs: {run.workdir}   Orbax checkpoints: {run.ckpt.directory}", flush=True)
+  return TrainResult(history, final, run.state)
 
 
-def _run(cfg, workdir, tx, mesh, rule_set, state, frozen, iters, skips, step_fn, ckpt, writer, preempt, start):
-  """The step loop. Returns the logged metrics, followed by the final state."""
-  samples = cfg.data.laion.batch_size + cfg.data.mmc4.batch_size
-  tokens = (cfg.data.laion.batch_size * cfg.data.laion.max_tokens
-            + cfg.data.mmc4.batch_size * cfg.data.mmc4.max_tokens)
-  history, throughput, t0 = [], None, time.time()
-  skip = step_lib.non_finite_policy(cfg) == "skip"
-  skipped = in_a_row = 0  # Updates dropped for non-finite values (train.non_finite="skip").
-  step = start
-  hooks = metrics.progress_hooks(cfg, workdir, writer)
-  with mesh, nn.logical_axis_rules(rule_set):
-    while step < cfg.train.num_steps:
-      batches = {k: global_batch(v, mesh) for k, v in next_batches(iters).items()}
-      if throughput is None:
-        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, tx, batches))
-      new_state, m = step_fn(state, frozen, batches)
-      step += 1
-      if cfg.train.check_finite_every and step % cfg.train.check_finite_every == 0:
-        if not bool(m["finite"]):
-          what = f"Non-finite loss or gradient at step {step} (loss {float(m['loss'])}, grad norm " \
-                 f"{float(m['grad_norm'])})"
-          if not skip:
-            raise NonFiniteError(f"{what}; no checkpoint was written for it")
-          skipped, in_a_row = skipped + 1, in_a_row + 1
-          print(f"{what}: update skipped ({skipped} so far)", flush=True)
-          if in_a_row > cfg.train.max_skipped_in_a_row:
-            raise NonFiniteError(f"{what}: {in_a_row} updates in a row skipped, more than "
-                                 f"train.max_skipped_in_a_row={cfg.train.max_skipped_in_a_row}; stopping")
-        else:
-          in_a_row = 0
-      state = new_state
-      for hook in hooks:
-        hook(step)
-      if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
-        logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
-                  **{f"skipped/{k}": float(v) for k, v in skips.counts.items()}}
-        if skip:
-          logged["skipped/non_finite_steps"] = float(skipped)
-        logged.pop("finite", None)
-        logged["step"] = step
-        writer.write_scalars(step, logged)
-        history.append(logged)
-        gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])
-        print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}  mmc4 "
-              f"{logged['loss_mmc4']:.4f}  laion {logged['loss_laion']:.4f}  mean tanh(attn_gate) "
-              f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  "
-              f"[{time.time() - t0:.0f}s]", flush=True)
-      if preempt.requested(step):
-        ckpt.save(step, state, iters, force=True)
-        ckpt.wait()
-        print(f"Preempted: checkpoint for step {step} written to {ckpt.directory}", flush=True)
-        raise SystemExit(0)
-      if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
-        ckpt.save(step, state, iters)
-  return history + [state]
-
-
-def evaluate_image_dependence(cfg, mesh, rule_set, params, frozen, tok, batches: int = 4) -> dict[str, float]:
+def evaluate_image_dependence(run: TrainRun, batches: int = 4) -> dict[str, float]:
   """Loss on held-out LAION batches with their real images and with blank images: a model that
   learned to look does much better with the real ones."""
+  cfg = run.cfg
   held_out = cfg.data.copy_and_resolve_references()
   with held_out.unlocked():
     held_out.seed = cfg.data.seed + 1000
-  iters, _ = pipeline.make_train_iterators(held_out, tok, process_index=jax.process_index(),
+  iters, _ = pipeline.make_train_iterators(held_out, run.tokenizer, process_index=jax.process_index(),
                                            process_count=jax.process_count())
-  eval_fn = jax.jit(step_lib.make_eval_loss(cfg))
+  eval_fn = jax.jit(step_lib.make_eval_loss(cfg.model))
   real, blank = [], []
-  with mesh, nn.logical_axis_rules(rule_set):
+  with run.context():
     for _ in range(batches):
-      b = global_batch(next_batches({"laion": iters["laion"]})["laion"], mesh)
-      r, z = eval_fn(params, frozen, b)
+      b = global_batch(next(iters["laion"]), run.mesh)
+      r, z = eval_fn(run.state.params, run.frozen, b)
       real.append(float(r))
       blank.append(float(z))
   out = {"eval/loss_real_images": float(np.mean(real)), "eval/loss_blank_images": float(np.mean(blank))}
   print(f"held-out caption loss: real images {out['eval/loss_real_images']:.4f}, blank images "
         f"{out['eval/loss_blank_images']:.4f}", flush=True)
   return out
+
+
+def caption_held_out_images(run: TrainRun, n: int) -> list[tuple[str, str, str]]:
+  """Captions `n` synthetic images the run never saw (written to `workdir/samples/`) with the
+  trained model and prints each next to its true caption; returns (path, true, generated)."""
+  from flamingo_jax.data import image_preprocess, synthetic  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.generate import DecodeSettings, Sampler  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  model_cfg = run.cfg.model
+  out_dir = tempfile.mkdtemp() if paths.is_remote(run.workdir) else f"{run.workdir}/samples"
+  pairs = synthetic.write_images(out_dir, n, image_size=model_cfg.vision.image_size)
+  pixels = np.stack([image_preprocess.clip_preprocess(Image.open(p).convert("RGB"),
+                                                      model_cfg.vision.image_size) for p, _ in pairs])
+  ids = np.asarray([run.tokenizer(tok_lib.MEDIA_TOKEN, add_special_tokens=False)["input_ids"]] * n, np.int32)
+  sampler = Sampler(model_cfg, {"params": run.state.params, "frozen": run.frozen}, mesh=run.mesh, rules=run.rules)
+  out = sampler.generate(pixels[:, None, None], ids, np.ones_like(ids), DecodeSettings(
+      max_new_tokens=16, eos_token_ids=(model_cfg.eoc_token_id,), pad_token_id=model_cfg.pad_token_id))
+  texts = run.tokenizer.batch_decode(out[:, ids.shape[1]:].tolist(), skip_special_tokens=True)
+  rows = [(p, c, t.strip()) for (p, c), t in zip(pairs, texts)]
+  print("held-out images, true caption -> the trained model's:")
+  for path, true, generated in rows:
+    print(f"  {path}: {true!r} -> {generated!r}")
+  return rows

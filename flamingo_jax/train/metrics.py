@@ -91,21 +91,23 @@ def jaxpr_matmul_flops(jaxpr) -> float:
   return total
 
 
-def step_flops(cfg, tx, batches) -> float | None:
+def step_flops(cfg, batches) -> float | None:
   """FLOPs of one training step, from XLA's cost analysis of the step lowered with the layers
   unrolled: a scanned stack would be counted once, not once per group."""
   from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.train import optimizer, step as step_lib  # pylint: disable=g-import-not-at-top
   from flamingo_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   cfg = cfg.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.model.scan_layers = False
   abstract = nn.unbox(shapes.abstract_variables(cfg.model))
+  tx = optimizer.make_optimizer(cfg.optim)
   state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
   as_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
   batches = jax.tree_util.tree_map(as_struct, batches)
-  return program_flops(jax.jit(step_lib.make_train_step(cfg, tx)), state, abstract["frozen"], batches)
+  return program_flops(jax.jit(step_lib.make_train_step(cfg.model, cfg.optim)), state,
+                       abstract["frozen"], batches)
 
 
 def progress_hooks(cfg, workdir: str, writer) -> list:

@@ -5,6 +5,7 @@ weighted gradients, which is what the reference accumulates with two backward pa
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -13,11 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.train import optimizer
 from flamingo_jax.train.loss import causal_lm_loss
 from flamingo_jax.train.state import TrainState
-
-DATASETS = ("mmc4", "laion")
 
 
 def gate_values(params) -> dict[str, jax.Array]:
@@ -36,29 +37,78 @@ def gate_values(params) -> dict[str, jax.Array]:
   return out
 
 
-def non_finite_policy(cfg: ml_collections.ConfigDict) -> str:
-  """'stop' (the run ends with an error naming the step) or 'skip' (that step's update is dropped)."""
-  policy = cfg.train.get("non_finite", "stop")
-  if policy not in ("stop", "skip"):
-    raise ValueError(f"train.non_finite must be 'stop' or 'skip', not {policy!r}")
-  return policy
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient; raised before anything of that step is checkpointed."""
 
 
-def make_train_step(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> Callable:
-  """(state, frozen, batches) -> (state, metrics); jit it with shardings at the call site."""
-  model = Flamingo(cfg.model)
-  weights = {"mmc4": cfg.optim.loss_multiplier_mmc4, "laion": cfg.optim.loss_multiplier_laion}
-  skip_non_finite = non_finite_policy(cfg) == "skip"
+@dataclasses.dataclass
+class NonFinitePolicy:
+  """What a non-finite loss or gradient does, on device and on the host (`train.non_finite`).
+
+  'stop': the run ends with an error naming the step, before anything of it is saved. 'skip': the
+  step's update is dropped on device (params and optimizer state kept, the batch consumed);
+  more than `max_in_a_row` skips in a row stop the run. The host reads a step's `finite` flag
+  every `check_every` steps (0: never).
+  """
+  action: str = "stop"
+  max_in_a_row: int = 10
+  check_every: int = 1
+  skipped: int = 0
+  in_a_row: int = 0
+
+  @classmethod
+  def from_config(cls, train_cfg: ml_collections.ConfigDict) -> "NonFinitePolicy":
+    action = train_cfg.get("non_finite", "stop")
+    if action not in ("stop", "skip"):
+      raise ValueError(f"train.non_finite must be 'stop' or 'skip', not {action!r}")
+    return cls(action, int(train_cfg.get("max_skipped_in_a_row", 10)),
+               int(train_cfg.get("check_finite_every", 1)))
+
+  @property
+  def skip(self) -> bool:
+    return self.action == "skip"
+
+  def check(self, step: int, metrics: dict) -> None:
+    """After step `step` (1-based): raises NonFiniteError or counts a skipped update."""
+    if not self.check_every or step % self.check_every:
+      return
+    if bool(metrics["finite"]):
+      self.in_a_row = 0
+      return
+    what = (f"Non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}, grad norm "
+            f"{float(metrics['grad_norm'])})")
+    if not self.skip:
+      raise NonFiniteError(f"{what}; no checkpoint was written for it")
+    self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+    print(f"{what}: update skipped ({self.skipped} so far)", flush=True)
+    if self.in_a_row > self.max_in_a_row:
+      raise NonFiniteError(f"{what}: {self.in_a_row} updates in a row skipped, more than "
+                           f"train.max_skipped_in_a_row={self.max_in_a_row}; stopping")
+
+  def scalars(self) -> dict[str, float]:
+    return {"skipped/non_finite_steps": float(self.skipped)} if self.skip else {}
+
+
+def _apply(model: Flamingo, variables: dict, batch: dict) -> jax.Array:
+  """Logits of one dataset's batch (the contract of data/batch.py)."""
+  return model.apply(variables, batch["images"], batch["input_ids"], batch["attention_mask"],
+                     image_mask=batch["image_mask"])
+
+
+def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
+                    non_finite: NonFinitePolicy | None = None) -> Callable:
+  """(state, frozen, batches) -> (state, metrics); jit it with shardings at the call site.
+
+  `batches` maps each of `DATASETS` to a batch; the optimizer is `optim_cfg`'s."""
+  model = Flamingo(model_cfg)
+  tx = optimizer.make_optimizer(optim_cfg)
+  weights = {"mmc4": optim_cfg.loss_multiplier_mmc4, "laion": optim_cfg.loss_multiplier_laion}
+  skip_non_finite = non_finite is not None and non_finite.skip
 
   def loss_fn(params, frozen, batches):
-    losses = {}
-    for name in DATASETS:
-      b = batches[name]
-      logits = model.apply({"params": params, "frozen": frozen}, b["images"], b["input_ids"],
-                           b["attention_mask"])
-      losses[name] = causal_lm_loss(logits, b["labels"])
-    total = sum(weights[n] * losses[n] for n in DATASETS)
-    return total, losses
+    losses = {n: causal_lm_loss(_apply(model, {"params": params, "frozen": frozen}, batches[n]),
+                                batches[n]["labels"]) for n in DATASETS}
+    return sum(weights[n] * losses[n] for n in DATASETS), losses
 
   def train_step(state: TrainState, frozen: Any, batches: dict) -> tuple[TrainState, dict]:
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batches)
@@ -71,21 +121,20 @@ def make_train_step(cfg: ml_collections.ConfigDict, tx: optax.GradientTransforma
       params = jax.tree_util.tree_map(keep, params, state.params)
       opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"loss": total, "loss_mmc4": losses["mmc4"], "loss_laion": losses["laion"],
+    metrics = {"loss": total, **{f"loss_{n}": losses[n] for n in DATASETS},
                "grad_norm": grad_norm, "finite": finite, **gate_values(params)}
     return new, metrics
 
   return train_step
 
 
-def make_eval_loss(cfg: ml_collections.ConfigDict) -> Callable:
+def make_eval_loss(model_cfg: ml_collections.ConfigDict) -> Callable:
   """(params, frozen, batch) -> mean loss, with the batch's own images and with blank ones."""
-  model = Flamingo(cfg.model)
+  model = Flamingo(model_cfg)
 
   def eval_loss(params, frozen, batch):
     def loss(images):
-      logits = model.apply({"params": params, "frozen": frozen}, images, batch["input_ids"],
-                           batch["attention_mask"])
+      logits = _apply(model, {"params": params, "frozen": frozen}, dict(batch, images=images))
       return causal_lm_loss(logits, batch["labels"])
     return loss(batch["images"]), loss(jnp.zeros_like(batch["images"]))
 

@@ -23,9 +23,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from flamingo_jax.models import layer_groups, shapes
+from flamingo_jax.models import families, layer_groups, shapes
 from flamingo_jax.weights import names, orbax_io, readers
-from flamingo_jax.weights.state_dict import (CheckpointMismatchError, _get, _set, special_rows_from_table,
+from flamingo_jax import tree
+from flamingo_jax.weights.state_dict import (CheckpointMismatchError, special_rows_from_table,
                                              table_with_special_rows)
 
 VOCAB_TABLES = ("embed", "lm_head")  # Flax modules whose (torch) rows are the vocabulary
@@ -36,10 +37,6 @@ EMBED_PATH = ("lm", "embed", "embedding")
 IGNORABLE = re.compile(r"(^|\.)(lm_head\.weight|attention\.(bias|masked_bias)|rotary_emb\.inv_freq)$"
                        r"|\.decoder_layer\.|old_decoder_blocks|gated_cross_attn_layers|^vision_encoder\.")
 
-# config.json `model_type`s each LM family's checkpoints may carry (MosaicGPT's is mosaic_gpt).
-MODEL_TYPES = {"mpt": {"mpt", "mosaic_gpt"}, "gpt_neox": {"gpt_neox"}, "opt": {"opt"}}
-# Files saved from the bare base model lack this prefix (facebook/opt-* say `decoder.*`).
-BASE_MODEL_PREFIX = {"mpt": "transformer.", "gpt_neox": "gpt_neox.", "opt": "model."}
 
 
 def unrolled(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -62,7 +59,7 @@ def torch_shapes(model: ml_collections.ConfigDict, entries: Iterable[names.Entry
   expected = expected_variables(model) if expected is None else expected
   out = {}
   for e in entries:
-    leaf = _get(expected[e.collection], e.path)
+    leaf = tree.get(expected[e.collection], e.path)
     for key, array in zip(e.torch_keys, e.to_torch(np.zeros(leaf.shape, np.dtype([])))):
       out[key] = tuple(array.shape)
   return out
@@ -124,7 +121,7 @@ class _Filler:
     return array
 
   def _store(self, e: names.Entry, parts: list[np.ndarray], source: str) -> None:
-    want = _get(self.expected[e.collection], e.path)
+    want = tree.get(self.expected[e.collection], e.path)
     want_torch = [a.shape for a in e.to_torch(np.zeros(want.shape, np.dtype([])))]  # allocates nothing
     wrong = [f"{k} is {tuple(p.shape)}, expected {tuple(w)}"
              for k, p, w in zip(e.torch_keys, parts, want_torch) if tuple(p.shape) != tuple(w)]
@@ -140,7 +137,7 @@ class _Filler:
           self.expected["params"]["special_embeddings"].dtype)
     # An owned, contiguous copy in the stored dtype: the source's memory-mapped pages are released
     # with their shard, and the Orbax write needs no further copy.
-    _set(self.variables.setdefault(e.collection, {}), e.path, np.array(value, dtype=want.dtype, order="C"))
+    tree.put(self.variables.setdefault(e.collection, {}), e.path, np.array(value, dtype=want.dtype, order="C"))
 
 
 def _canonical(key: str, by_key: dict, prefix: str = "") -> str | None:
@@ -158,17 +155,10 @@ def _missing(entries, used) -> list[str]:
   return [k for e in entries for k in e.torch_keys if k not in used]
 
 
-def _leaf_paths(tree, prefix=()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    out.update(_leaf_paths(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k): v})
-  return out
-
-
 def check_complete(variables: dict, expected: dict, model: ml_collections.ConfigDict) -> None:
   """Every variable of the model is present with its shape, and nothing else is."""
-  have = {(c, *p): v for c in variables for p, v in _leaf_paths(variables[c]).items()}
-  want = {(c, *p): v for c in expected for p, v in _leaf_paths(expected[c]).items()}
+  have = {(c, *p): v for c in variables for p, v in tree.leaves(variables[c])}
+  want = {(c, *p): v for c in expected for p, v in tree.leaves(expected[c])}
   source = {(e.collection, *e.path): e.torch_keys for e in names.flamingo_entries(model)}
   missing = sorted(set(want) - set(have))
   problems = [f"missing {'/'.join(p)} (from {', '.join(source.get(p, ('?',)))})" for p in missing[:10]]
@@ -182,7 +172,7 @@ def check_complete(variables: dict, expected: dict, model: ml_collections.Config
 def check_lm_dir(lm_dir: str, lm: ml_collections.ConfigDict) -> None:
   """The HF config's model_type belongs to the config's LM family (if it says)."""
   model_type = readers.hf_config(lm_dir).get("model_type")
-  if model_type and model_type not in MODEL_TYPES[lm.family]:
+  if model_type and model_type not in families.get_family(lm.family).hf_model_types:
     raise CheckpointMismatchError(f"{lm_dir}: config.json says model_type={model_type!r}, but the "
                                   f"config's LM family is {lm.family!r}")
 
@@ -212,7 +202,7 @@ def import_weights(config: ml_collections.ConfigDict, *, lm_dir: str, clip_path:
   filler = _Filler(model, variables, expected)
   entries = names.lm_entries(model.lm)
   used = filler.fill(entries, readers.iter_hf_tensors(lm_dir), lm_dir, cut_vocab=True,
-                     prefix=BASE_MODEL_PREFIX[model.lm.family])
+                     prefix=families.get_family(model.lm.family).base_model_prefix)
   if _missing(entries, used):
     raise CheckpointMismatchError(f"{lm_dir}: {len(_missing(entries, used))} LM tensors missing, "
                                   f"e.g. {_missing(entries, used)[:5]} (wrong family or naming?)")
@@ -246,15 +236,6 @@ def load_openflamingo_checkpoint(filler: _Filler, path: str) -> None:
                                   "(a checkpoint of another variant?)")
 
 
-def _unrolled_params(params: dict, model: ml_collections.ConfigDict) -> dict:
-  """Trainable params in the unrolled layout, whichever layout they come in."""
-  if "layers" not in params:
-    return params
-  n = model.xattn.every_n_layers
-  empty_frozen = {"layers": {f"block_{j}": {} for j in range(n)}}
-  return layer_groups.to_unrolled({"params": params, "frozen": empty_frozen}, model)["params"]
-
-
 def export_state_dict(config: ml_collections.ConfigDict, variables: Any,
                       neox_head_name: str = "embed_out") -> dict[str, np.ndarray]:
   """The state dict (fp32 numpy) of an OpenFlamingo checkpoint.pt: the keys the released files have.
@@ -265,7 +246,7 @@ def export_state_dict(config: ml_collections.ConfigDict, variables: Any,
   """
   model = unrolled(config.model)
   variables = jax.device_get(nn.unbox(variables))
-  params = dict(_unrolled_params(variables["params"], config.model))
+  params = dict(layer_groups.to_layout({"params": variables["params"]}, config.model, False)["params"])
   tables = {k: dict(v) for k, v in variables["frozen"]["lm"].items() if k in ("embed", "lm_head", "pos_embed")}
   if model.train_special_embeddings:
     rows = params.pop("special_embeddings")
@@ -275,7 +256,7 @@ def export_state_dict(config: ml_collections.ConfigDict, variables: Any,
   out = {}
   for e in checkpoint_entries(model):
     try:
-      value = _get(source[e.collection], e.path)
+      value = tree.get(source[e.collection], e.path)
     except KeyError as err:
       raise CheckpointMismatchError(f"Variables lack {e.collection}/{'/'.join(e.path)}") from err
     for key, array in zip(e.torch_keys, e.to_torch(np.asarray(value, np.float32))):
@@ -306,21 +287,6 @@ def has_tokenizer(directory: str) -> bool:
              for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
 
 
-def check_tokenizer(tokenizer_dir: str, model: ml_collections.ConfigDict) -> None:
-  """The tokenizer, with OpenFlamingo's added tokens, has the config's vocabulary size and ids."""
-  from flamingo_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  tok = tok_lib.load_tokenizer(tokenizer_dir)
-  ids = tok_lib.special_ids(tok)
-  problems = [] if len(tok) == model.lm.vocab_size else [
-      f"len(tokenizer) = {len(tok)} but lm.vocab_size = {model.lm.vocab_size}"]
-  for name, field in (("eoc", "eoc_token_id"), ("media", "media_token_id"), ("pad", "pad_token_id")):
-    if ids[name] != model[field]:
-      problems.append(f"the tokenizer's {name} id is {ids[name]} but {field} = {model[field]}")
-  if problems:
-    raise CheckpointMismatchError(f"Tokenizer {tokenizer_dir} does not line up with the config "
-                                  f"(token ids and embedding rows would be off): {'; '.join(problems)}")
-
-
 def import_checkpoint(config: ml_collections.ConfigDict, out: str, *, lm_dir: str, clip_path: str,
                       openflamingo_checkpoint: str | None = None, tokenizer_dir: str | None = None,
                       seed: int = 0) -> ml_collections.ConfigDict:
@@ -332,7 +298,11 @@ def import_checkpoint(config: ml_collections.ConfigDict, out: str, *, lm_dir: st
   orbax_io.check_absent(out)
   tokenizer_dir = tokenizer_dir or (lm_dir if has_tokenizer(lm_dir) else None)
   if tokenizer_dir:
-    check_tokenizer(tokenizer_dir, config.model)
+    from flamingo_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+    try:
+      tok_lib.check_tokenizer(tok_lib.load_tokenizer(tokenizer_dir), config.model, tokenizer_dir)
+    except tok_lib.TokenizerMismatchError as e:
+      raise CheckpointMismatchError(str(e)) from e
   variables = import_weights(config, lm_dir=lm_dir, clip_path=clip_path,
                              openflamingo_checkpoint=openflamingo_checkpoint, seed=seed, scanned=False)
   config = config.copy_and_resolve_references()
@@ -345,15 +315,26 @@ def import_checkpoint(config: ml_collections.ConfigDict, out: str, *, lm_dir: st
   return config
 
 
-def export_checkpoint(base: str, out: str, *, params: Any = None,
-                      neox_head_name: str = "embed_out") -> None:
-  """A base checkpoint (optionally with `params` from elsewhere, e.g. a training run, in either
-  layout) -> an OpenFlamingo checkpoint.pt at `out`. Reads only the trainable parts and the
-  LM's embedding tables from disk."""
-  tables = lambda collection, path: collection == "frozen" and path[:2] in (
-      ("lm", "embed"), ("lm", "lm_head"), ("lm", "pos_embed"))
-  keep = (lambda c, p: tables(c, p)) if params is not None else (lambda c, p: c == "params" or tables(c, p))
-  config, variables = orbax_io.load_base_checkpoint(base, select=keep)
-  if params is not None:
-    variables["params"] = params
+def _export_select(collection: str, path: tuple[str, ...]) -> bool:
+  """What a checkpoint.pt needs: the trainable parts and the LM's embedding tables."""
+  return collection == "params" or path[:2] in (("lm", "embed"), ("lm", "lm_head"), ("lm", "pos_embed"))
+
+
+def export_checkpoint(source: str, out: str, *, train_workdir: str | None = None, step: int | None = None,
+                      neox_head_name: str = "embed_out") -> str:
+  """A base checkpoint or training workdir `source` -> an OpenFlamingo checkpoint.pt at `out`.
+
+  A workdir gives its step `step` (default: the latest); `train_workdir` takes the trainable
+  weights from that run instead (its step `step`), the rest from `source`. Reads only the
+  trainable parts and the LM's embedding tables from a base checkpoint. Returns what was exported.
+  """
+  from flamingo_jax.train import checkpoint as train_checkpoint  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.weights import load  # pylint: disable=g-import-not-at-top
+  config, is_run = load.stored_config(source)
+  variables, what = load.read_variables(source, config, is_run, None if train_workdir else step,
+                                        select=_export_select)
+  if train_workdir:
+    step, variables["params"] = train_checkpoint.restore_trainable(train_workdir, step)
+    what = f"step {step} of {train_workdir} (frozen tables from {what})"
   save_checkpoint_pt(config, variables, out, neox_head_name)
+  return what

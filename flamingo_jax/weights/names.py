@@ -13,12 +13,15 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from flamingo_jax.models import families
 from flamingo_jax.models.xattn import has_xattn
 
 Arrays = Sequence[np.ndarray]
 
-# Where the decoder layers live in each LM family's HF module (the reference's decoder attr).
-DECODER_ATTR = {"mpt": "transformer.blocks", "gpt_neox": "gpt_neox.layers", "opt": "model.decoder.layers"}
+
+def decoder_attr(family: str) -> str:
+  """Where the decoder layers live in the family's HF module (the reference's decoder attr)."""
+  return families.get_family(family).decoder_attr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +134,7 @@ def xattn_entries(model: ml_collections.ConfigDict) -> list[Entry]:
   """GatedCrossAttentionBlocks, keyed by their FlamingoLayer path -> `params/xattn_{i}`."""
   T, c = "params", model.xattn
   h, d = c.heads, c.dim_head
-  attr = DECODER_ATTR[model.lm.family]
+  attr = decoder_attr(model.lm.family)
   out = []
   for i in range(model.lm.num_layers):
     if not has_xattn(i, c.every_n_layers):
@@ -149,53 +152,23 @@ def xattn_entries(model: ml_collections.ConfigDict) -> list[Entry]:
   return out
 
 
-# Per-family names of one decoder layer's parts, relative to `{decoder_attr}.{i}`, and of the
-# model-level parts. MosaicGPT is the trust_remote_code MPT of mpt-1b-redpajama-200b.
-_LAYER_NAMES = {
-    "hf_mpt": dict(norm_1="norm_1", norm_2="norm_2", qkv="attn.Wqkv", out="attn.out_proj",
-                   up="ffn.up_proj", down="ffn.down_proj"),
-    "mosaicgpt": dict(norm_1="ln_1", norm_2="ln_2", qkv="attn.Wqkv", out="attn.out_proj",
-                      up="mlp.mlp_up", down="mlp.mlp_down", q_norm="attn.q_ln", k_norm="attn.k_ln"),
-    "gpt_neox": dict(norm_1="input_layernorm", norm_2="post_attention_layernorm",
-                     qkv="attention.query_key_value", out="attention.dense",
-                     up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h"),
-    "opt": dict(norm_1="self_attn_layer_norm", norm_2="final_layer_norm", out="self_attn.out_proj",
-                up="fc1", down="fc2"),
-}
-_MODEL_NAMES = {
-    "hf_mpt": dict(embed="transformer.wte", final_norm="transformer.norm_f"),
-    "mosaicgpt": dict(embed="transformer.wte", final_norm="transformer.ln_f"),
-    "gpt_neox": dict(embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
-                     lm_head="embed_out"),
-    "opt": dict(embed="model.decoder.embed_tokens", final_norm="model.decoder.final_layer_norm",
-                pos_embed="model.decoder.embed_positions", project_in="model.decoder.project_in",
-                project_out="model.decoder.project_out"),
-}
-
-
-def naming_scheme(lm: ml_collections.ConfigDict) -> str:
-  """Which checkpoint naming an LM config uses."""
-  if lm.family == "mpt":
-    return "mosaicgpt" if lm.checkpoint_naming == "mosaicgpt" else "hf_mpt"
-  return lm.family
-
-
 def _qkv_entries(lm, prefix, path, names):
-  """The fused self-attention projection, from each family's layout."""
+  """The fused self-attention projection, from the family's layout of it."""
   F, h = "frozen", lm.num_heads
   dim = lm.hidden_size
   d = dim // h
   out = []
-  if lm.family == "opt":  # three separate projections -> one (D, 3, H, d) kernel
-    keys = tuple(f"{prefix}.self_attn.{n}_proj.weight" for n in "qkv")
+  layout = families.get_family(lm.family).qkv_layout
+  if layout == "separate":  # three projections (OPT) -> one (D, 3, H, d) kernel
+    keys = tuple(f"{prefix}.{names[n]}.weight" for n in "qkv")
     out.append(Entry(F, (*path, "kernel"), keys,
                      lambda a: np.stack([w.T.reshape(dim, h, d) for w in a], axis=1),
                      lambda x: [np.ascontiguousarray(x[:, j].reshape(dim, dim).T) for j in range(3)]))
     if lm.use_bias:
-      bkeys = tuple(f"{prefix}.self_attn.{n}_proj.bias" for n in "qkv")
+      bkeys = tuple(f"{prefix}.{names[n]}.bias" for n in "qkv")
       out.append(Entry(F, (*path, "bias"), bkeys, lambda a: np.stack(a).reshape(3, h, d),
                        lambda x: [x[j].reshape(-1) for j in range(3)]))
-  elif lm.family == "gpt_neox":  # per-head interleaved (H, 3, d) rows
+  elif layout == "head_interleaved":  # GPT-NeoX: per-head interleaved (H, 3, d) rows
     key = f"{prefix}.{names['qkv']}"
     out.append(Entry(F, (*path, "kernel"), (f"{key}.weight",),
                      lambda a: a[0].reshape(h, 3, d, dim).transpose(3, 1, 0, 2),
@@ -204,11 +177,13 @@ def _qkv_entries(lm, prefix, path, names):
       out.append(Entry(F, (*path, "bias"), (f"{key}.bias",),
                        lambda a: a[0].reshape(h, 3, d).transpose(1, 0, 2),
                        lambda x: [np.ascontiguousarray(x.transpose(1, 0, 2).reshape(-1))]))
-  else:  # MPT: contiguous [q; k; v] thirds
+  elif layout == "thirds":  # MPT: contiguous [q; k; v] thirds
     key = f"{prefix}.{names['qkv']}"
     out.append(_fused_qkv(f"{key}.weight", (*path, "kernel"), F, h, d, dim))
     if lm.use_bias:
       out.append(_reshape(f"{key}.bias", (*path, "bias"), F, (3, h, d)))
+  else:
+    raise ValueError(f"Unknown qkv_layout {layout!r} of LM family {lm.family!r}")
   return out
 
 
@@ -221,11 +196,11 @@ def _dense(key, path, use_bias, **shapes):
 
 def lm_entries(lm: ml_collections.ConfigDict) -> list[Entry]:
   """The decoder LM, in its Hugging Face (or MosaicGPT) naming -> `frozen/lm`."""
-  F, scheme = "frozen", naming_scheme(lm)
-  names, model = _LAYER_NAMES[scheme], _MODEL_NAMES[scheme]
+  F, naming = "frozen", families.naming(lm)
+  names, model = naming.layer, naming.model
   if lm.qk_layer_norm and "q_norm" not in names:
-    raise ValueError(f"{scheme} checkpoints have no QK LayerNorm; an MPT with qk_layer_norm uses "
-                     "checkpoint_naming='mosaicgpt'")
+    raise ValueError(f"{lm.family} checkpoints in naming {lm.checkpoint_naming!r} have no QK "
+                     "LayerNorm; an MPT with qk_layer_norm uses checkpoint_naming='mosaicgpt'")
   h = lm.num_heads
   d = lm.hidden_size // h
   out = [_same((f"{model['embed']}.weight",), ("lm", "embed", "embedding"), F)]
@@ -233,12 +208,12 @@ def lm_entries(lm: ml_collections.ConfigDict) -> list[Entry]:
     out += _layer_norm(model["final_norm"], ("lm", "final_norm"), F, lm.norm_bias)
   if not lm.tie_embeddings:
     out += [_linear(f"{model['lm_head']}.weight", ("lm", "lm_head", "kernel"), F)]
-  if lm.family == "opt":
+  if "pos_embed" in model:  # learned positions (OPT)
     out.append(_same((f"{model['pos_embed']}.weight",), ("lm", "pos_embed", "embedding"), F))
     if lm.word_embed_proj_dim and lm.word_embed_proj_dim != lm.hidden_size:
       out += _dense(model["project_in"], ("lm", "project_in"), False)
       out += _dense(model["project_out"], ("lm", "project_out"), False)
-  attr = DECODER_ATTR[lm.family]
+  attr = decoder_attr(lm.family)
   for i in range(lm.num_layers):
     k, p = f"{attr}.{i}", ("lm", f"blocks_{i}")
     out += _layer_norm(f"{k}.{names['norm_1']}", (*p, "norm_1"), F, lm.norm_bias)
@@ -255,7 +230,7 @@ def lm_entries(lm: ml_collections.ConfigDict) -> list[Entry]:
 
 def flamingo_lm_key(hf_key: str, family: str) -> str:
   """A key of the HF LM -> the same tensor's key inside OpenFlamingo's model (FlamingoLayer path)."""
-  attr = DECODER_ATTR[family]
+  attr = decoder_attr(family)
   if hf_key.startswith(attr + "."):
     index, rest = hf_key[len(attr) + 1:].split(".", 1)
     return f"lang_encoder.{attr}.{index}.decoder_layer.{rest}"
@@ -265,7 +240,7 @@ def flamingo_lm_key(hf_key: str, family: str) -> str:
 def hf_lm_key(flamingo_key: str, family: str) -> str:
   """Inverse of `flamingo_lm_key`."""
   key = flamingo_key.removeprefix("lang_encoder.")
-  return key.replace(".decoder_layer.", ".", 1) if key.startswith(DECODER_ATTR[family] + ".") else key
+  return key.replace(".decoder_layer.", ".", 1) if key.startswith(decoder_attr(family) + ".") else key
 
 
 def lm_entries_in_flamingo_namespace(lm: ml_collections.ConfigDict) -> list[Entry]:

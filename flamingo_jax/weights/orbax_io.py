@@ -4,8 +4,8 @@ Layout of a base checkpoint directory DIR:
   DIR/config.json   the ml_collections config (`to_json_best_effort`)
   DIR/params/       Orbax PyTree (StandardCheckpointer) of the trainable tree
   DIR/frozen/       Orbax PyTree of the frozen tree (vision tower, LM)
-Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) that the name maps use;
-`load_base_checkpoint` gives the scanned layout when the config asks for it.
+Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) that the name maps use, and
+are read back in it; `weights/load.py` turns them into what a job runs (layout, dtypes, mesh).
 
 A base checkpoint is whole or absent. A local directory is written under a temporary name and
 renamed. An object store (gs://) has no atomic directory rename, so there config.json, which
@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flamingo_jax import paths
+from flamingo_jax import paths, tree as tree_lib
 from flamingo_jax.models import layer_groups
 
 COLLECTIONS = ("params", "frozen")
@@ -41,9 +41,7 @@ def save_base_checkpoint(path: str, config: ml_collections.ConfigDict, variables
   gs://), which must not exist; whole or not at all (see the module docstring)."""
   path = paths.resolve(path)
   check_absent(path)
-  variables = jax.device_get(nn.unbox(variables))
-  if "layers" in variables["params"]:
-    variables = layer_groups.to_unrolled(variables, config.model)
+  variables = layer_groups.to_layout(jax.device_get(nn.unbox(variables)), config.model, scanned=False)
   remote = paths.is_remote(path)
   target = epath.Path(path if remote else f"{path}.tmp-{uuid.uuid4().hex[:8]}")
   try:
@@ -79,12 +77,11 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], bool] | None = None,
                          dtypes: dict[str, Any] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, variables) of a base checkpoint, as numpy arrays.
+  """(config, variables) of a base checkpoint, as numpy arrays in the unrolled layout.
 
-  `select(collection, path)` restores only the leaves it accepts (unrolled layout then, as
-  stored); `dtypes` ({"params": ..., "frozen": ...}) casts while reading, so e.g. fp32 frozen
-  weights arrive as bf16 without an fp32 copy in memory. Without `select`, the layout is
-  scanned if the config says so.
+  `select(collection, path)` restores only the leaves it accepts; `dtypes` ({"params": ...,
+  "frozen": ...}) casts while reading, so e.g. fp32 frozen weights arrive as bf16 without an fp32
+  copy in memory.
   """
   path = paths.resolve(path)
   config = load_config(path)
@@ -95,32 +92,17 @@ def load_base_checkpoint(path: str, *, select: Callable[[str, tuple[str, ...]], 
       if not directory.is_dir():
         raise FileNotFoundError(f"Base checkpoint {path} has no {name}/ item")
       directory = str(directory)
-      tree = checkpointer.metadata(directory).item_metadata.tree
-      leaves = {p: m for p, m in _leaves(tree) if select is None or select(name, p)}
+      stored = checkpointer.metadata(directory).item_metadata.tree
+      leaves = {p: m for p, m in tree_lib.leaves(stored) if select is None or select(name, p)}
       if not leaves:
         variables[name] = {}
         continue
       dtype = (dtypes or {}).get(name)
       item, args = {}, {}
       for p, meta in leaves.items():
-        _put(item, p, np.zeros((), meta.dtype))  # only its structure and type matter
-        _put(args, p, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.dtype(dtype) if dtype else None))
+        tree_lib.put(item, p, np.zeros((), meta.dtype))  # only its structure and type matter
+        tree_lib.put(args, p, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.dtype(dtype) if dtype else None))
       variables[name] = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
           item=item, restore_args=args, partial_restore=select is not None))
-  if select is None and config.model.scan_layers:
-    variables = layer_groups.to_scanned(variables, config.model)
   return config, variables
 
-
-def _leaves(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _leaves(v, (*prefix, k))
-    else:
-      yield (*prefix, k), v
-
-
-def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
-  for part in path[:-1]:
-    tree = tree.setdefault(part, {})
-  tree[path[-1]] = value

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from flamingo_jax import tree
 from flamingo_jax.models import layer_groups
 from flamingo_jax.weights import names
 from flamingo_jax.weights.names import Entry
@@ -15,18 +16,6 @@ from flamingo_jax.weights.names import Entry
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's keys or shapes do not match the model config."""
-
-
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-  for part in path[:-1]:
-    tree = tree.setdefault(part, {})
-  tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
-  for part in path:
-    tree = tree[part]
-  return tree
 
 
 # Names that differ between checkpoint vintages: transformers >= 5 calls GPT-NeoX's `embed_out`
@@ -60,12 +49,12 @@ def to_flax(state_dict: Mapping[str, Any], entries: Iterable[Entry], *,
       continue
     value = np.asarray(e.to_flax([np.asarray(state_dict[k]) for k in found]))
     if expected is not None:
-      want = tuple(_get(expected[e.collection], e.path).shape)
+      want = tuple(tree.get(expected[e.collection], e.path).shape)
       if tuple(value.shape) != want:
         wrong.append(f"{'/'.join(e.path)} from {', '.join(e.torch_keys)}: got {value.shape}, "
                      f"expected {want}")
         continue
-    _set(out.setdefault(e.collection, {}), e.path, value)
+    tree.put(out.setdefault(e.collection, {}), e.path, value)
   if wrong:
     raise CheckpointMismatchError("Shape mismatch:\n  " + "\n  ".join(wrong))
   if missing and not allow_missing:
@@ -80,7 +69,7 @@ def to_torch(variables: Mapping, entries: Iterable[Entry]) -> dict[str, np.ndarr
   out = {}
   for e in entries:
     try:
-      value = np.asarray(jax.device_get(_get(variables[e.collection], e.path)))
+      value = np.asarray(jax.device_get(tree.get(variables[e.collection], e.path)))
     except KeyError:
       continue
     for key, array in zip(e.torch_keys, e.to_torch(value)):

@@ -23,7 +23,7 @@ from flamingo_jax.data import laion, mmc4, tokenizer  # pylint: disable=g-import
 from flamingo_jax.data.skips import Skip  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.tar_source import TarShardSource  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.text import TextEncoder  # pylint: disable=g-import-not-at-top
-from tests import reference_train_code  # pylint: disable=g-import-not-at-top
+from oracle import reference_train_code  # pylint: disable=g-import-not-at-top
 
 SIZE, LAION_LEN, MAX_IMAGES = 64, 16, 3
 

@@ -5,8 +5,10 @@ import pytest
 
 from configs import eval_common, tiny
 from flamingo_jax.data import tokenizer as tok_lib
-from flamingo_jax.evaluate.inference import EvalModel, place_variables
+from flamingo_jax.evaluate.inference import EvalModel
+from flamingo_jax.generate import Sampler
 from flamingo_jax.models import rules, shapes
+from flamingo_jax.weights import load
 from tests.evaluate import fixture_data
 
 
@@ -34,6 +36,7 @@ def tiny_model(tiny_cfg):
   mesh = rules.make_mesh(tiny_cfg.mesh)
   init = jax.jit(lambda rng: nn.unbox(shapes.init_variables(tiny_cfg.model, rng)))  # eager is slow
   variables = init(jax.random.PRNGKey(0))
-  variables = place_variables(tiny_cfg.model, variables, mesh, rules.logical_rules(tiny_cfg))
-  return EvalModel(tiny_cfg.model, variables, tok_lib.load_tokenizer(tiny_cfg.tokenizer_path), mesh,
-                   pad_multiple=64)
+  rule_set = rules.logical_rules(tiny_cfg)
+  variables = load.place(variables, tiny_cfg.model, mesh, rule_set)
+  return EvalModel(Sampler(tiny_cfg.model, variables, mesh=mesh, rules=rule_set),
+                   tok_lib.load_tokenizer(tiny_cfg.tokenizer_path), pad_multiple=64)

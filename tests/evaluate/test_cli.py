@@ -18,8 +18,11 @@ def _run(args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_cli_evaluates_a_base_checkpoint(tiny_cfg, eval_data, tmp_path):
-  ckpt = str(tmp_path / "ckpt")
+def test_cli_evaluates_a_base_checkpoint(tiny_cfg, eval_data, tmp_path, serve_gcs):
+  """On a base checkpoint in a gs:// bucket (the local GCS emulator)."""
+  os.makedirs(tmp_path / "gcs" / "bucket")
+  serve_gcs(str(tmp_path / "gcs"))
+  ckpt = "gs://bucket/ckpt"
   init = jax.jit(lambda rng: nn.unbox(shapes.init_variables(tiny_cfg.model, rng)))
   orbax_io.save_base_checkpoint(ckpt, tiny_cfg, init(jax.random.PRNGKey(1)))
   data = [f"--eval_config.data.hateful_memes.{k}={v}" for k, v in eval_data["hateful_memes"].items()]

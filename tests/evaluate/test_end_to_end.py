@@ -77,8 +77,9 @@ def _answering_model(tiny_model, answers_by_image: dict[str, str]):
   table = {key(loader.load(path)): text for path, text in answers_by_image.items()}
   eoc, pad = tiny_model.eoc_id, tiny_model.pad_id
 
-  def generate(cfg, variables, vision_x, ids, mask, *, max_new_tokens, eos_token_ids, pad_token_id, **kw):
-    del cfg, variables, mask, kw
+  def generate(vision_x, ids, mask, settings):
+    del mask
+    max_new_tokens = settings.max_new_tokens
     vision = np.asarray(vision_x)
     rows = []
     for b in range(ids.shape[0]):
@@ -87,8 +88,7 @@ def _answering_model(tiny_model, answers_by_image: dict[str, str]):
       rows.append(list(ids[b]) + (new + [pad] * max_new_tokens)[:max_new_tokens])
     return np.asarray(rows)
 
-  return EvalModel(tiny_model.cfg, tiny_model.variables, tiny_model.tok, tiny_model.mesh,
-                   pad_multiple=64, generate_fn=generate)
+  return EvalModel(tiny_model.sampler, tiny_model.tok, pad_multiple=64, generate_fn=generate)
 
 
 def test_correct_answers_reach_the_right_examples(tiny_model, eval_cfg, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from flamingo_jax.evaluate import clip_features
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.weights import state_dict as sd_lib
-from tests import reference_models as ref
+from oracle import reference_models as ref
 
 
 def test_tokenize_left_pads_to_a_bucket(tiny_model):

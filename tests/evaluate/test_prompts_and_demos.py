@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from flamingo_jax.evaluate import datasets, demonstrations, prompts
+from flamingo_jax.generate import DecodeSettings
 
 CAP = [datasets.CaptionExample(f"/i/{i}.jpg", f" caption {i} ", i, (f"caption {i}",)) for i in range(3)]
 VQA = [datasets.VQAExample(f"/v/{i}.jpg", f"what is {i}?", i, ({"answer": f"ans{i}"}, {"answer": "x"}))
@@ -49,10 +50,10 @@ def test_classification_prompts_and_the_zero_shot_image_bug():
 
 def test_decoding_settings_per_task():
   for name in ("coco", "flickr30"):
-    assert prompts.get_task(name).decoding == prompts.Decoding(3, 20, 0, 0.0)
+    assert prompts.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=20, min_new_tokens=0, length_penalty=0.0)
   for name in ("vqav2", "ok_vqa", "vizwiz"):
-    assert prompts.get_task(name).decoding == prompts.Decoding(3, 5, 0, 0.0)
-  assert prompts.get_task("textvqa").decoding == prompts.Decoding(3, 10, 0, 0.0)
+    assert prompts.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=5, min_new_tokens=0, length_penalty=0.0)
+  assert prompts.get_task("textvqa").decoding == DecodeSettings(num_beams=3, max_new_tokens=10, min_new_tokens=0, length_penalty=0.0)
   assert prompts.get_task("hateful_memes").decoding is None
   assert [prompts.effective_shots(s) for s in (0, 1, 4)] == [2, 1, 4]
   with pytest.raises(ValueError, match="Unknown task"):

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from flamingo_jax.data import pipeline, tokenizer
-from flamingo_jax.train import checkpoint, loop, metrics, optimizer
+from flamingo_jax.models import rules
+from flamingo_jax.train import checkpoint, metrics, optimizer
 from flamingo_jax.train.state import TrainState
+from flamingo_jax.weights import load
 from tests.train.test_train import REPO, _cfg
 
 PROCESSES = 2
@@ -105,8 +107,8 @@ def test_preempted_two_process_run_resumes_exactly(shards, straight_run, tmp_pat
 def test_restoring_with_another_process_count_names_the_problem(shards, straight_run):
   workdir, _ = straight_run
   cfg = _cfg(shards)
-  mesh, rule_set = loop.setup_mesh(cfg)
-  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  variables = load.initial_variables(cfg, mesh, rule_set)
   state = TrainState.create(variables["params"], optimizer.make_optimizer(cfg.optim))
   iters, _ = pipeline.make_train_iterators(cfg.data, tokenizer.load_tokenizer(cfg.tokenizer_path))
   ckpt = checkpoint.Checkpointer(workdir, 10, data_names=tuple(iters))

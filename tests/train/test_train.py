@@ -15,10 +15,11 @@ import pytest
 import tensorflow as tf
 
 from configs import tiny
-from flamingo_jax.data import pipeline, tokenizer
+from flamingo_jax.data import pipeline, synthetic, tokenizer
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
+from flamingo_jax.weights import load
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,20 +43,20 @@ def _batches(cfg, seed=0):
     ids = rng.integers(1, 500, size=(b, length)).astype(np.int32)
     ids[:, 0] = cfg.model.media_token_id
     out[name] = {"images": rng.normal(size=(b, t, 1, size, size, 3)).astype(np.float32),
-                 "input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "image_mask": np.ones((b, t), bool), "input_ids": ids, "attention_mask": np.ones_like(ids),
                  "labels": np.where(ids == cfg.model.media_token_id, -100, ids)}
   return out
 
 
 def _one_step(cfg):
-  mesh, rule_set = loop.setup_mesh(cfg)
-  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
   with mesh, nn.logical_axis_rules(rule_set):
     state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
     batches = {k: loop.global_batch(v, mesh) for k, v in _batches(cfg).items()}
     frozen_before = jax.device_get(variables["frozen"])
-    state, metrics = jax.jit(step_lib.make_train_step(cfg, tx))(state, variables["frozen"], batches)
+    state, metrics = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim))(state, variables["frozen"], batches)
   return jax.device_get(state.params), jax.device_get(metrics), frozen_before, jax.device_get(variables["frozen"])
 
 
@@ -94,6 +95,14 @@ def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket):
   straight = loop.train_and_evaluate(_cfg(shards, num_steps=30), str(tmp_path / "a"))
   losses = [h["loss"] for h in straight.history]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+  # The workdir is a model: its latest step's trainable weights, and the frozen weights of the
+  # seeded initialisation it recorded (made here on one device, there on the run's mesh).
+  loaded = load.load_model(str(tmp_path / "a"))
+  cfg = _cfg(shards, num_steps=30)
+  initial = load.initial_variables(cfg, rules.make_mesh(cfg.mesh), rules.logical_rules(cfg))
+  for ours, theirs in ((loaded.variables["params"], straight.state.params),
+                       (loaded.variables["frozen"], initial["frozen"])):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(ours), jax.device_get(theirs))
   # The interrupted run keeps its workdir in a gs:// bucket, as TPU jobs do: Orbax's checkpoints
   # (TensorStore, google-cloud-storage) and the TensorBoard logs (TensorFlow) go through the real
   # clients to the local GCS emulator.
@@ -109,6 +118,11 @@ def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket):
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
   assert os.path.isdir(tmp_path / "gcs" / "bucket" / "run" / "checkpoints" / "15" / "state")
   assert len(events) == 2 and {"loss", "lr", "eval/loss_real_images"} <= tags, tags
+  assert not os.path.exists("gs:")  # nothing of the bucket's path was made locally
+  earlier = load.load_model(workdir, step=15)  # a chosen step of a gs:// workdir
+  assert earlier.source.startswith("step 15 of gs://bucket/run")
+  assert not np.array_equal(jax.device_get(earlier.variables["params"]["xattn_0"]["ff_gate"]),
+                            jax.device_get(resumed.state.params["xattn_0"]["ff_gate"]))
 
 
 def test_non_finite_loss_stops_before_checkpointing(shards, tmp_path):
@@ -124,10 +138,10 @@ def test_non_finite_update_is_skipped_when_the_config_says_so(shards):
   cfg = _cfg(shards)
   cfg.train.non_finite = "skip"
   cfg.mesh.update(data=2, fsdp=2, tensor=2)
-  mesh, rule_set = loop.setup_mesh(cfg)
-  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
-  step = jax.jit(step_lib.make_train_step(cfg, tx))
+  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, step_lib.NonFinitePolicy.from_config(cfg.train)))
   good = _batches(cfg)
   bad = _batches(cfg)
   bad["laion"]["images"][0] = np.nan
@@ -172,8 +186,8 @@ def test_sigterm_writes_a_restorable_checkpoint(shards, tmp_path):
   step = ckpt.latest_step()
   assert step is not None and step >= 3
   cfg = _cfg(shards)
-  mesh, rule_set = loop.setup_mesh(cfg)
-  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
   state = TrainState.create(variables["params"], tx)
   iters, _ = pipeline.make_train_iterators(cfg.data, tokenizer.load_tokenizer(cfg.tokenizer_path))
@@ -194,8 +208,8 @@ def test_training_starts_from_a_base_checkpoint(shards, tmp_path, gcs_bucket):
   base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(7)))
   orbax_io.save_base_checkpoint("gs://bucket/base", cfg, base)
   cfg.checkpoint.base = "gs://bucket/base"
-  mesh, rule_set = loop.setup_mesh(cfg)
-  variables, _, _ = loop.load_frozen_and_params(cfg, mesh, rule_set)
+  mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  variables = load.initial_variables(cfg, mesh, rule_set)
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(variables), jax.device_get(base))
   result = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert [h["step"] for h in result.history] == [1, 2]
@@ -205,9 +219,9 @@ def test_step_flops_count_every_layer_even_when_scanned():
   cfg = tiny.get_config().unlock()
   tx = optimizer.make_optimizer(cfg.optim)
   batches = _batches(cfg)
-  unrolled = metrics.step_flops(cfg, tx, batches)
+  unrolled = metrics.step_flops(cfg, batches)
   cfg.model.scan_layers = True
-  assert metrics.step_flops(cfg, tx, batches) == unrolled
+  assert metrics.step_flops(cfg, batches) == unrolled
   # At least the LM's forward matmuls: 2 * LM params * text tokens.
   lm_params = rules.count_params(shapes.abstract_variables(cfg.model)["frozen"]["lm"])
   tokens = sum(b["input_ids"].size for b in batches.values())
@@ -247,6 +261,20 @@ def test_export_from_a_sharded_training_run(shards, tmp_path, gcs_bucket):
                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-2000:]
   sd = torch.load(tmp_path / "checkpoint.pt")
+  # Generation reads the gs:// workdir too (its latest step, frozen weights from its base).
+  synthetic.draw(np.random.default_rng(0), 64)[0].save(tmp_path / "image.png")
+  gen = subprocess.run([sys.executable, "-m", "flamingo_jax.generate", "--checkpoint=gs://bucket/run",
+                        f"--image={tmp_path / 'image.png'}", "--prompt=<image>", "--max_new_tokens=3",
+                        "--num_beams=1"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert gen.returncode == 0 and "model: step 2 of gs://bucket/run" in gen.stderr, gen.stderr[-2000:]
+  # The workdir alone: its recorded base checkpoint gives the tables; the same file results.
+  alone = subprocess.run([sys.executable, "-m", "flamingo_jax.convert", "export", "--train_workdir=gs://bucket/run",
+                          f"--out={tmp_path / 'alone.pt'}"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert alone.returncode == 0, alone.stderr[-2000:]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, {k: v.numpy() for k, v in torch.load(tmp_path / "alone.pt").items()},
+                         {k: v.numpy() for k, v in sd.items()})
   # (The perceiver gets no gradient while the gates are still closed; the gates do.)
   trained = np.asarray(jax.device_get(result.state.params["xattn_0"]["ff_gate"]))
   np.testing.assert_array_equal(
@@ -280,7 +308,7 @@ def test_matmul_flops_are_most_of_xla_count_for_the_train_step():
   batches = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _batches(cfg))
   abstract = nn.unbox(shapes.abstract_variables(cfg.model))
   state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
-  traced = jax.jit(step_lib.make_train_step(cfg, tx)).trace(state, abstract["frozen"], batches)
+  traced = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim)).trace(state, abstract["frozen"], batches)
   xla = traced.lower().cost_analysis()
   xla = (xla[0] if isinstance(xla, list) else xla)["flops"]
   dots = metrics.jaxpr_matmul_flops(traced.jaxpr)

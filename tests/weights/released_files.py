@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from flamingo_jax.models import families
 from flamingo_jax.weights import names
 
 MODEL_TYPES = {"opt": "opt", "gpt_neox": "gpt_neox", "mpt": "mpt"}
@@ -22,7 +23,8 @@ def lm_state_dict(model, family: str, naming: str = "hf", qk_layer_norm: bool = 
   sd = {names.hf_lm_key(k, family): v.clone() for k, v in model.state_dict().items()
         if k.startswith("lang_encoder.") and "gated_cross_attn" not in k and "old_decoder_blocks" not in k}
   if naming == "mosaicgpt":
-    hf, mosaic = names._LAYER_NAMES["hf_mpt"], names._LAYER_NAMES["mosaicgpt"]
+    mpt = families.get_family("mpt")
+    hf, mosaic = mpt.namings["hf"].layer, mpt.namings["mosaicgpt"].layer
     for part in ("norm_1", "norm_2", "up", "down"):
       sd = {k.replace(f".{hf[part]}.", f".{mosaic[part]}."): v for k, v in sd.items()}
     sd = {k.replace("transformer.norm_f.", "transformer.ln_f."): v for k, v in sd.items()}

@@ -1,7 +1,8 @@
 """One decoder layer, parameterised to cover MPT, MosaicGPT (MPT-1B), GPT-NeoX and OPT.
 
-Differences between the families are flags of the LM config: the position scheme, biases,
-QK LayerNorm, parallel residual, and pre- vs post-LayerNorm (OPT-350m).
+Differences between the families are flags of the LM config (defaults from each family's record
+in `models/families.py`): the position scheme, biases, QK LayerNorm, parallel residual, and pre-
+vs post-LayerNorm (OPT-350m).
 
 Legend: B batch, L length, K keys, D hidden, H heads, d head dim.
 """
@@ -12,19 +13,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax.models import layers
+from flamingo_jax.models import families, layers
 from flamingo_jax.models.decoders import positions as pos
 from flamingo_jax.models.layers import FROZEN, Dense, LayerNorm
-
-POSITION_SCHEME = {"mpt": "alibi", "gpt_neox": "rotary", "opt": "learned"}
-
-
-def position_scheme(family: str) -> str:
-  """The position scheme of an LM family."""
-  if family not in POSITION_SCHEME:
-    raise ValueError(f"Unknown LM family {family!r}; supported: {sorted(POSITION_SCHEME)}")
-  return POSITION_SCHEME[family]
-
 
 class SelfAttention(nn.Module):
   """Causal self-attention with a fused (D, 3, H, d) projection."""
@@ -48,7 +39,7 @@ class SelfAttention(nn.Module):
           t.reshape(b, length, dim)).reshape(b, length, heads, d)
       q, k = norm("q_norm", q), norm("k_norm", k)
     bias = None
-    scheme = position_scheme(c.family)
+    scheme = families.get_family(c.family).position_scheme
     if scheme == "rotary":
       cos, sin = pos.rotary_cos_sin(positions, int(d * c.rotary_pct), c.rotary_base)
       q, k = pos.apply_rotary(q, cos, sin), pos.apply_rotary(k, cos, sin)

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax.models import layers
+from flamingo_jax.models import families, layers
 from flamingo_jax.models.decoders import positions as pos
-from flamingo_jax.models.decoders.block import DecoderBlock, position_scheme
+from flamingo_jax.models.decoders.block import DecoderBlock
 from flamingo_jax.models.layers import FROZEN, Dense, Embed, LayerNorm
 
 OPT_POSITION_OFFSET = 2  # OPT's learned position table has 2 extra leading rows.
@@ -28,7 +28,7 @@ class DecoderLM(nn.Module):
   def setup(self):
     c = self.cfg
     kw = dict(collection=FROZEN, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.scheme = position_scheme(c.family)
+    self.scheme = families.get_family(c.family).position_scheme
     self.embed = Embed(c.vocab_size, self.embed_dim, c.embed_init_std, **kw)
     if self.scheme == "learned":
       self.pos_embed = Embed(c.max_positions + OPT_POSITION_OFFSET, c.hidden_size, **kw)

@@ -51,13 +51,7 @@ def jax_config(family: str, every_n: int = 1, dims: Dims = TINY,
   lm = common.lm_config(family, vocab_size=dims.vocab, hidden_size=dims.lm_dim,
                         num_layers=dims.lm_layers, num_heads=dims.lm_heads,
                         mlp_hidden_size=4 * dims.lm_dim, max_positions=dims.max_positions)
-  if family == "mpt":
-    lm.update(use_bias=False, norm_bias=False, tie_embeddings=True)
-  elif family == "gpt_neox":
-    lm.update(use_bias=True, norm_bias=True, tie_embeddings=False, activation="gelu")
-  elif family == "opt":
-    lm.update(use_bias=True, norm_bias=True, tie_embeddings=True, activation="relu")
-  lm.update(lm_overrides)
+  lm.update(lm_overrides)  # the family's own flags come from its record (models/families.py)
   m = common.model_config(lm, every_n, train_special_embeddings=True)
   head_width = 16 if dims.vis_width <= 256 else 64
   m.vision.update(image_size=dims.image_size, patch_size=dims.patch, width=dims.vis_width,
@@ -128,14 +122,14 @@ def build_reference(family: str, every_n: int = 1, seed: int = 0, dims: Dims = T
   from open_flamingo.src.flamingo import Flamingo
   from open_flamingo.src.flamingo_lm import FlamingoLMMixin
   from open_flamingo.src.utils import extend_instance
-  from flamingo_jax.weights.names import DECODER_ATTR
+  from flamingo_jax.weights.names import decoder_attr
 
   torch.manual_seed(seed)
   clip = _clip(dims)
   clip.visual.output_tokens = True
   lm = build_lm(family, dims, attn_implementation, **lm_kw)
   extend_instance(lm, FlamingoLMMixin)
-  lm.set_decoder_layers_attr_name(DECODER_ATTR[family])
+  lm.set_decoder_layers_attr_name(decoder_attr(family))
   eoc, media, _ = dims.special_ids
   model = Flamingo(clip, lm, eoc, media, vis_dim=dims.vis_width, cross_attn_every_n_layers=every_n)
   perturb_(model, seed)

@@ -1,0 +1,57 @@
+"""The batch contract: which datasets a training step reads, in which order, and what each batch
+holds. The pipeline checks every batch it makes against it, the trainer every batch it feeds.
+
+Per dataset, a batch is a dict of arrays (B rows, N image slots, L tokens, S pixels):
+
+  images          float32 (B, N, 1, S, S, 3)  channel-last, CLIP-normalised; zeros in unused slots
+  image_mask      bool    (B, N)              which slots hold a real image
+  input_ids       int32   (B, L)
+  attention_mask  int32   (B, L)              1 for real tokens
+  labels          int32   (B, L)              unshifted, -100 where no loss is taken
+
+N is 1 for LAION and `data.mmc4.max_images` for MMC4; L is `data.<name>.max_tokens`. E.g. an
+MMC4 row with two real images of max_images=3 has image_mask [True, True, False] and
+images[row, 2] all zeros.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import ml_collections
+import numpy as np
+
+# One order everywhere: dataset seeds (`data.seed + index`), iterators, checkpoint items, losses.
+DATASETS = ("laion", "mmc4")
+
+FIELDS = {"images": np.float32, "image_mask": np.bool_, "input_ids": np.int32,
+          "attention_mask": np.int32, "labels": np.int32}
+
+
+def image_slots(name: str, data_cfg: ml_collections.ConfigDict) -> int:
+  """N: image slots per row of dataset `name`."""
+  return 1 if name == "laion" else int(data_cfg.mmc4.max_images)
+
+
+def batch_shapes(name: str, data_cfg: ml_collections.ConfigDict,
+                 batch_size: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{field: (shape, dtype)} of a batch of `name` (default: the config's global batch size)."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}")
+  b = data_cfg[name].batch_size if batch_size is None else batch_size
+  n, length, s = image_slots(name, data_cfg), data_cfg[name].max_tokens, data_cfg.image_size
+  shapes = {"images": (b, n, 1, s, s, 3), "image_mask": (b, n)}
+  shapes.update({k: (b, length) for k in ("input_ids", "attention_mask", "labels")})
+  return {k: (shape, np.dtype(FIELDS[k])) for k, shape in shapes.items()}
+
+
+def check_batch(name: str, batch: Mapping, shapes: Mapping[str, tuple]) -> None:
+  """Raises ValueError naming the dataset and field when `batch` breaks the contract `shapes`."""
+  problems = [f"missing {k}" for k in shapes if k not in batch]
+  problems += [f"unexpected {k}" for k in batch if k not in shapes]
+  for k, (shape, dtype) in shapes.items():
+    if k in batch and (tuple(batch[k].shape) != tuple(shape) or np.dtype(batch[k].dtype) != dtype):
+      problems.append(f"{k} is {np.dtype(batch[k].dtype).name}{list(batch[k].shape)}, "
+                      f"expected {dtype.name}{list(shape)}")
+  if problems:
+    raise ValueError(f"{name} batch breaks the batch contract (flamingo_jax/data/batch.py): "
+                     + "; ".join(problems))
