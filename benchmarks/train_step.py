@@ -3,6 +3,8 @@ in-process from random towers), same batches, same recipe (AdamW, LAION weight 0
 only the two special embedding rows trained).
 
   python benchmarks/train_step.py [--family mpt] [--steps 10] [--mmc4-batch 4] [--length 64]
+  python benchmarks/train_step.py --size cpu224 --mmc4-batch 2 --length 128 --mmc4-images 6 \
+      --real-images 1,3 --steps 3      # MMC4-realistic image counts: ours encodes real images only
   python benchmarks/train_step.py --size of_3b --device cuda --precision bf16 --mmc4-batch 8 --length 256
 
 `--size tiny` (default) runs on this machine's CPU; `--size of_3b` builds OpenFlamingo-3B's shapes
@@ -29,35 +31,47 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configs import tiny  # noqa: E402
+from flamingo_jax.data import image_preprocess  # noqa: E402
 from flamingo_jax.train import metrics, optimizer, step as step_lib  # noqa: E402
 from flamingo_jax.train.state import TrainState  # noqa: E402
 from flamingo_jax.weights import load, state_dict as sd_lib  # noqa: E402
 from oracle import reference_models as ref  # noqa: E402
 
-SIZES = {"tiny": ref.TINY, "of_3b": ref.OF_3B}
+SIZES = {"tiny": ref.TINY, "cpu224": ref.CPU_224, "of_3b": ref.OF_3B}
 
 
-def make_batches(rng, dims, mmc4_batch, length, mmc4_images):
-  """An MMC4 batch (several images per row) and a LAION batch twice its size (one image, 32 tokens)."""
+def make_batches(rng, dims, mmc4_batch, length, slots, real=(None, None)):
+  """An MMC4 batch (`slots` image slots per row, `real` = (min, max) of them holding an image,
+  default all) and a LAION batch twice its size (one image, 32 tokens), as our pipeline makes
+  them: uint8 pixels, `image_mask`, one <image> per real image."""
   eoc, media, _ = dims.special_ids
   out = {}
-  for name, b, t, n in (("mmc4", mmc4_batch, mmc4_images, length), ("laion", 2 * mmc4_batch, 1, 32)):
+  for name, b, t, n in (("mmc4", mmc4_batch, slots, length), ("laion", 2 * mmc4_batch, 1, 32)):
+    lo, hi = (real if name == "mmc4" and real[0] else (t, t))
+    counts = rng.integers(lo, hi + 1, size=b)
+    mask = np.arange(t)[None, :] < counts[:, None]
     ids = rng.integers(1, eoc, size=(b, n))
-    ids[:, [i * n // t for i in range(t)]] = media
-    images = rng.normal(size=(b, t, 1, dims.image_size, dims.image_size, 3)).astype(np.float32)
-    out[name] = {"images": images, "image_mask": np.ones((b, t), bool), "input_ids": ids.astype(np.int32),
+    for row, k in enumerate(counts):
+      ids[row, [i * n // k for i in range(k)]] = media
+    images = rng.integers(0, 256, size=(b, t, 1, dims.image_size, dims.image_size, 3), dtype=np.uint8)
+    images *= mask[:, :, None, None, None, None].astype(np.uint8)
+    out[name] = {"images": images, "image_mask": mask, "input_ids": ids.astype(np.int32),
                  "attention_mask": np.ones_like(ids, np.int32),
                  "labels": np.where(ids == media, -100, ids).astype(np.int32)}
   return out
 
 
 def torch_batches(batches, device):
-  """The same batches as torch tensors on `device`, images channel-first as the reference takes them."""
-  return {name: (torch.from_numpy(b["images"].transpose(0, 1, 2, 5, 3, 4).copy()).to(device),
+  """The same batches as the reference's loader gives them: CLIP-normalised float images
+  (zeros in empty slots), channel-first, on `device`."""
+  out = {}
+  for name, b in batches.items():
+    images = image_preprocess.normalize(b["images"]) * b["image_mask"][:, :, None, None, None, None]
+    out[name] = (torch.from_numpy(images.transpose(0, 1, 2, 5, 3, 4).copy()).to(device),
                  torch.from_numpy(b["input_ids"]).long().to(device),
                  torch.from_numpy(b["attention_mask"]).bool().to(device),
                  torch.from_numpy(b["labels"]).long().to(device))
-          for name, b in batches.items()}
+  return out
 
 
 def reference_step(model, batches, special_ids, autocast):
@@ -89,27 +103,9 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--family", default="mpt", choices=["mpt", "gpt_neox", "opt"])
-  parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
-  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                      help="the reference's device; JAX runs on its default backend")
-  parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--mmc4-batch", type=int, default=4)
-  parser.add_argument("--mmc4-images", type=int, default=3)
-  parser.add_argument("--length", type=int, default=64)
-  parser.add_argument("--skip-reference", action="store_true")
-  args = parser.parse_args()
-  dims = SIZES[args.size]
-  torch.set_num_threads(os.cpu_count())
-  if args.precision == "fp32":
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    jax.config.update("jax_default_matmul_precision", "highest")
-  rng = np.random.default_rng(0)
-  batches = make_batches(rng, dims, args.mmc4_batch, args.length, args.mmc4_images)
-
+def build(args, dims):
+  """The reference model (trainable parts as OpenFlamingo trains them) and our config and
+  variables converted from it."""
   with torch.device(args.device):  # random init on the accelerator is much faster
     torch_model = ref.build_reference(args.family, every_n=1, dims=dims,
                                       attn_implementation=_torch_attention(args))
@@ -120,53 +116,101 @@ def main():
                  torch_model.lang_encoder.get_input_embeddings()):
     for p in module.parameters():
       p.requires_grad_(True)
-
   cfg = tiny.get_config().unlock()
   cfg.model = ref.jax_config(args.family, 1, dims=dims)
   if args.precision == "bf16":
     cfg.model.update(dtype="bfloat16", frozen_dtype="bfloat16")
   cfg.optim.update(learning_rate=1e-4, warmup_steps=1)
-  variables = sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), cfg.model)
+  return torch_model, cfg, sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), cfg.model)
+
+
+def ours_runner(args, cfg, variables, batches):
+  """(run n steps -> seconds per step, XLA FLOPs per step, description of the packing)."""
   tx = optimizer.make_optimizer(cfg.optim)
   state = TrainState.create(variables["params"], tx)
   frozen = jax.device_put(load.cast(variables, cfg.model)["frozen"])
-  del variables
-  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim), donate_argnums=0)
+  mask = batches["mmc4"]["image_mask"]  # one device: one group; all real -> nothing to pack
+  packing = {"mmc4": None if args.no_packing or mask.all() else (1, int(mask.sum()))}
+  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, packing=packing), donate_argnums=0)
   device_batches = jax.device_put(batches)
-
   flops = metrics.program_flops(step, state, frozen, device_batches) or 0.0
   compiled = step.lower(state, frozen, device_batches).compile()
-  state, m = compiled(state, frozen, device_batches)
-  jax.block_until_ready(m["loss"])
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    state, m = compiled(state, frozen, device_batches)
-  jax.block_until_ready(m["loss"])
-  ours = (time.perf_counter() - start) / args.steps
-  where = f"JAX {jax.default_backend()} ({jax.devices()[0].device_kind}), torch {args.device}"
-  print(f"{args.family} {args.size}: MMC4 {args.mmc4_batch} x {args.length} tokens "
-        f"({args.mmc4_images} images) + LAION {2 * args.mmc4_batch} x 32 tokens per step; LM "
-        f"{dims.lm_layers} x {dims.lm_dim}, ViT {dims.vis_layers} x {dims.vis_width} at "
-        f"{dims.image_size} px; {args.precision}; {where}")
-  print(f"flamingo_jax {ours * 1e3:.1f} ms/step, {flops / ours / 1e12:.1f} TFLOP/s "
-        f"({flops / 1e12:.2f} TFLOP per step by XLA's count), loss {float(m['loss']):.4f}")
-  if args.skip_reference:
-    return
-  del state, frozen, device_batches, compiled, step  # give the accelerator's memory to PyTorch
-  jax.clear_caches()
+  box = {"state": state}
 
+  def run(n):
+    for _ in range(n):
+      box["state"], m = compiled(box["state"], frozen, device_batches)
+    jax.block_until_ready(m["loss"])
+  return run, flops, packing["mmc4"]
+
+
+def theirs_runner(args, torch_model, batches, dims):
   autocast = ((lambda: torch.autocast(args.device, dtype=torch.bfloat16))
               if args.precision == "bf16" else contextlib.nullcontext)
   tb = torch_batches(batches, args.device)
-  reference_step(torch_model, tb, dims.special_ids[:2], autocast)  # warm-up
-  _sync(args.device)
+
+  def run(n):
+    for _ in range(n):
+      reference_step(torch_model, tb, dims.special_ids[:2], autocast)
+    _sync(args.device)
+  return run
+
+
+def _seconds_per_step(run, steps):
   start = time.perf_counter()
-  for _ in range(args.steps):
-    reference_step(torch_model, tb, dims.special_ids[:2], autocast)
-  _sync(args.device)
-  theirs = (time.perf_counter() - start) / args.steps
-  print(f"flamingo_jax {ours * 1e3:.1f} ms/step   open_flamingo {theirs * 1e3:.1f} ms/step   "
-        f"speed-up {theirs / ours:.2f}x")
+  run(steps)
+  return (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--family", default="mpt", choices=["mpt", "gpt_neox", "opt"])
+  parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                      help="the reference's device; JAX runs on its default backend")
+  parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+  parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and theirs")
+  parser.add_argument("--mmc4-batch", type=int, default=4)
+  parser.add_argument("--mmc4-images", type=int, default=3, help="image slots per MMC4 row")
+  parser.add_argument("--real-images", default="", help="min,max real images per MMC4 row (default: all)")
+  parser.add_argument("--no-packing", action="store_true", help="run every slot through the tower")
+  parser.add_argument("--length", type=int, default=64)
+  parser.add_argument("--skip-reference", action="store_true")
+  args = parser.parse_args()
+  dims = SIZES[args.size]
+  torch.set_num_threads(os.cpu_count())
+  if args.precision == "fp32":
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    jax.config.update("jax_default_matmul_precision", "highest")
+  real = tuple(int(x) for x in args.real_images.split(",")) if args.real_images else (None, None)
+  batches = make_batches(np.random.default_rng(0), dims, args.mmc4_batch, args.length, args.mmc4_images, real)
+  torch_model, cfg, variables = build(args, dims)
+  ours, flops, packing = ours_runner(args, cfg, variables, batches)
+  theirs = None if args.skip_reference else theirs_runner(args, torch_model, batches, dims)
+  ours(1)
+  if theirs:
+    theirs(1)  # warm-up
+  times = {"ours": [], "theirs": []}
+  for _ in range(args.rounds):  # alternating, so that drifts of the machine hit both
+    times["ours"].append(_seconds_per_step(ours, args.steps))
+    if theirs:
+      times["theirs"].append(_seconds_per_step(theirs, args.steps))
+  real_count = int(batches["mmc4"]["image_mask"].sum())
+  print(f"{args.family} {args.size}: MMC4 {args.mmc4_batch} x {args.length} tokens ({args.mmc4_images} slots, "
+        f"{real_count} real images; ours encodes {packing[1] + 1 if packing else args.mmc4_batch * args.mmc4_images}) "
+        f"+ LAION {2 * args.mmc4_batch} x 32 tokens per step; LM {dims.lm_layers} x {dims.lm_dim}, ViT "
+        f"{dims.vis_layers} x {dims.vis_width} at {dims.image_size} px; {args.precision}; JAX "
+        f"{jax.__version__} {jax.default_backend()} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
+        f"{args.device}; {args.rounds} rounds of {args.steps} steps")
+  med = lambda xs: float(np.median(xs))
+  print(f"flamingo_jax {med(times['ours']) * 1e3:.1f} ms/step (rounds {', '.join(f'{t * 1e3:.0f}' for t in times['ours'])}), "
+        f"{flops / med(times['ours']) / 1e12:.2f} TFLOP/s ({flops / 1e12:.3f} TFLOP per step by XLA's count)")
+  if theirs:
+    ratios = [b / a for a, b in zip(times["ours"], times["theirs"])]
+    print(f"open_flamingo {med(times['theirs']) * 1e3:.1f} ms/step (rounds "
+          f"{', '.join(f'{t * 1e3:.0f}' for t in times['theirs'])})   speed-up {med(ratios):.2f}x "
+          f"(per round {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
   c.synthetic_dir = ""    # if set and it holds no shards, synthetic shards are written there first
   # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://; WebDataset
   # .tar or their .array_record conversions (python -m flamingo_jax.data.array_record).
-  c.laion = ml_collections.ConfigDict(dict(shards="", batch_size=64, max_tokens=32))
+  # image_buffer: images per batch the vision tower runs on (flamingo_jax/train/image_buffers.py):
+  # 0 derived from the data, -1 every slot (as OpenFlamingo), N that many real images.
+  c.laion = ml_collections.ConfigDict(dict(shards="", batch_size=64, max_tokens=32, image_buffer=0))
   c.mmc4 = ml_collections.ConfigDict(dict(
-      shards="", batch_size=32, max_tokens=256, max_images=6,
+      shards="", batch_size=32, max_tokens=256, max_images=6, image_buffer=0,
       sim_threshold=0.24,      # the README's value; the reference's CLI default (30) drops all
       min_images=1,
       min_image_bytes=11_000,  # the reference skips images with len(bytes) // 1000 <= 10

@@ -9,5 +9,8 @@ set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 cd "$(dirname "$0")/.."
 gcloud compute tpus tpu-vm scp --recurse --zone "$ZONE" --worker=all . "$TPU:~/flamingo_jax"
+# The remote shell parses --command again: quote every argument for it, so that braces
+# ('{00000..09999}'), spaces and quotes reach the train CLI exactly as typed here.
+args=$(printf '%q ' "--config=$CONFIG" "--workdir=$WORKDIR" "$@")
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command \
-  "cd ~/flamingo_jax && bash launch/setup.sh tpu && python3 -m flamingo_jax.train --config=$CONFIG --workdir=$WORKDIR $*"
+  "cd ~/flamingo_jax && bash launch/setup.sh tpu && python3 -m flamingo_jax.train $args"

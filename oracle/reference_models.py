@@ -39,6 +39,10 @@ TINY = Dims()
 OF_3B = Dims(vocab=50280, vis_width=1024, vis_layers=24, image_size=224, patch=14, lm_dim=2048,
              lm_heads=16, lm_layers=24, max_positions=2048)
 
+# The 224 px CPU benchmark's shapes: ViT 384 x 6 at 224 px (patch 14), LM 512 x 8.
+CPU_224 = Dims(vocab=50280, vis_width=384, vis_layers=6, image_size=224, patch=14, lm_dim=512,
+               lm_heads=8, lm_layers=8, max_positions=2048)
+
 VOCAB = TINY.vocab
 EOC_ID, MEDIA_ID, PAD_ID = TINY.special_ids
 VIS_WIDTH, IMAGE_SIZE, PATCH = TINY.vis_width, TINY.image_size, TINY.patch

@@ -3,7 +3,9 @@ holds. The pipeline checks every batch it makes against it, the trainer every ba
 
 Per dataset, a batch is a dict of arrays (B rows, N image slots, L tokens, S pixels):
 
-  images          float32 (B, N, 1, S, S, 3)  channel-last, CLIP-normalised; zeros in unused slots
+  images          uint8   (B, N, 1, S, S, 3)  channel-last, resized and cropped as CLIP does, not
+                                              yet normalised (the step does that on the device:
+                                              data/image_preprocess.normalize); zeros in unused slots
   image_mask      bool    (B, N)              which slots hold a real image
   input_ids       int32   (B, L)
   attention_mask  int32   (B, L)              1 for real tokens
@@ -23,7 +25,7 @@ import numpy as np
 # One order everywhere: dataset seeds (`data.seed + index`), iterators, checkpoint items, losses.
 DATASETS = ("laion", "mmc4")
 
-FIELDS = {"images": np.float32, "image_mask": np.bool_, "input_ids": np.int32,
+FIELDS = {"images": np.uint8, "image_mask": np.bool_, "input_ids": np.int32,
           "attention_mask": np.int32, "labels": np.int32}
 
 

@@ -2,7 +2,9 @@
 
 Resize the shorter side to `size` with PIL bicubic (aspect kept), center-crop `size`, RGB, scale
 to [0, 1], normalise with CLIP's mean/std. PIL's resize is used (not a JAX resize) so that pixels
-match the reference's.
+match the reference's. Training batches carry the resized uint8 pixels (`clip_resize`: a quarter of
+the bytes between processes and to the device); `normalize` (numpy or jax arrays) finishes the
+transform, on the device in training.
 """
 from __future__ import annotations
 
@@ -25,6 +27,16 @@ def decode(data: bytes) -> Image.Image:
 
 def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
   """PIL image -> float32 (size, size, 3), CLIP-normalised."""
+  return normalize(clip_resize(img, size))
+
+
+def normalize(pixels):
+  """uint8 (..., 3) pixels -> float32 CLIP-normalised ones; numpy in, numpy out, jax in, jax out."""
+  return (pixels.astype(np.float32) / np.float32(255.0) - CLIP_MEAN) / CLIP_STD
+
+
+def clip_resize(img: Image.Image, size: int) -> np.ndarray:
+  """PIL image -> uint8 (size, size, 3): CLIP's resize and center crop, before normalisation."""
   w, h = img.size
   if w <= h:
     new_w, new_h = size, int(size * h / w)
@@ -33,8 +45,7 @@ def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
   img = img.resize((new_w, new_h), Image.BICUBIC)
   left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
   img = img.crop((left, top, left + size, top + size)).convert("RGB")
-  x = np.asarray(img, np.float32) / 255.0
-  return (x - CLIP_MEAN) / CLIP_STD
+  return np.asarray(img, np.uint8)
 
 
 def hflip(images: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def preprocess(record: dict, encoder: TextEncoder, *, image_size: int, max_token
   if not caption.strip():
     return Skip("empty_text")
   try:
-    pixels = image_preprocess.clip_preprocess(image_preprocess.decode(record[image_key]), image_size)
+    pixels = image_preprocess.clip_resize(image_preprocess.decode(record[image_key]), image_size)
   except Exception:  # PIL raises many types on corrupt data  # pylint: disable=broad-except
     return Skip("undecodable_image")
   ids, mask = encoder.encode(caption_text(caption, encoder.eos_token), max_tokens)

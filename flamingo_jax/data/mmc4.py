@@ -177,7 +177,7 @@ def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, 
   if not raw:
     return Skip("too_few_images")
   try:
-    pixels = np.stack([image_preprocess.clip_preprocess(image_preprocess.decode(b), image_size)
+    pixels = np.stack([image_preprocess.clip_resize(image_preprocess.decode(b), image_size)
                        for b in raw])
   except Exception:  # PIL raises many types; the reference drops the document  # pylint: disable=broad-except
     return Skip("undecodable_image")
@@ -191,7 +191,7 @@ def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, 
     return Skip("single_image_dropped")  # the reference keeps half of the single-image documents
   if not is_gpt and n_media == 1 and ids[-1] == media_id:
     return Skip("image_at_end")  # all labels would be ignored
-  images = np.zeros((max_images, 1, image_size, image_size, 3), np.float32)
+  images = np.zeros((max_images, 1, image_size, image_size, 3), np.uint8)
   shown = order[:n_media]
   images[:len(shown), 0] = pixels[shown]
   return {"images": images, "image_mask": np.arange(max_images) < len(shown), "input_ids": ids,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax.models import layers
+from flamingo_jax.models import layers, packing as packing_lib
 from flamingo_jax.models.decoders import positions as pos
 from flamingo_jax.models.decoders.lm import DecoderLM
 from flamingo_jax.models.layer_groups import scanned_groups
@@ -54,17 +54,35 @@ class Flamingo(nn.Module):
     """Ids whose embedding rows are trainable, in the row order of `special_embeddings`."""
     return (self.cfg.eoc_token_id, self.cfg.media_token_id)
 
-  def encode_images(self, vision_x: jax.Array, image_mask: jax.Array | None = None) -> jax.Array:
+  def encode_images(self, vision_x: jax.Array, image_mask: jax.Array | None = None,
+                    packing: tuple[int, int] | None = None) -> jax.Array:
     """(B, T, F, S, S, 3) normalised images -> (B, T, N, D_vision) resampled latents.
 
-    `image_mask` (B, T) marks the slots that hold a real image; the others are encoded as blank
-    (all-zero) images whatever their pixels, which is what the data pipeline puts there.
+    `image_mask` (B, T) marks the slots that hold a real image; the others get a blank
+    (all-zero) image's latents whatever their pixels. With `packing` = (groups, per_group), the
+    vision tower and the resampler run only on a buffer of each group's first `per_group` real
+    images (models/packing.py; a group is B / groups consecutive rows, one device's share), plus
+    one blank image; the latents are the same as without packing.
     """
     if vision_x.ndim != 6:
       raise ValueError(f"vision_x must be (batch, images, frames, height, width, 3), got {vision_x.shape}")
+    if image_mask is None:
+      return self._encode(vision_x)
+    if packing is None:
+      return self._encode(jnp.where(image_mask[:, :, None, None, None, None], vision_x, 0))
+    if self.cfg.perceiver.max_num_media is not None:
+      raise ValueError("Image packing loses each image's slot index, which perceiver.max_num_media "
+                       "embeds; set the data's image_buffer to -1 for this model")
+    groups, per_group = packing
+    order, valid = packing_lib.pack_order(image_mask, groups, per_group)
+    buffer = packing_lib.gather_slots(vision_x, order, groups)
+    buffer = jnp.where(valid[:, :, None, None, None, None], buffer, 0)
+    blank = self._encode(jnp.zeros((1, 1, *vision_x.shape[2:]), vision_x.dtype))[0, 0]
+    return packing_lib.scatter_slots(self._encode(buffer), order, valid, blank, image_mask.shape)
+
+  def _encode(self, vision_x: jax.Array) -> jax.Array:
+    """Frozen ViT then resampler, every slot: (B, T, F, S, S, 3) -> (B, T, N, D_vision)."""
     b, t, f = vision_x.shape[:3]
-    if image_mask is not None:
-      vision_x = jnp.where(image_mask[:, :, None, None, None, None], vision_x, 0)
     tokens = self.vision(vision_x.reshape(b * t * f, *vision_x.shape[3:]))
     tokens = jax.lax.stop_gradient(tokens)  # frozen tower: nothing upstream needs its gradient
     return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]))
@@ -119,9 +137,12 @@ class Flamingo(nn.Module):
     return self.output_logits(h)
 
   def __call__(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-               positions: jax.Array | None = None, image_mask: jax.Array | None = None) -> jax.Array:
-    """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits."""
-    return self.decode(self.encode_images(vision_x, image_mask), input_ids, attention_mask, positions)
+               positions: jax.Array | None = None, image_mask: jax.Array | None = None,
+               packing: tuple[int, int] | None = None) -> jax.Array:
+    """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits; `image_mask`
+    and `packing` as in `encode_images`."""
+    return self.decode(self.encode_images(vision_x, image_mask, packing), input_ids, attention_mask,
+                       positions)
 
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
 

@@ -29,7 +29,7 @@ from flamingo_jax import paths
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
-from flamingo_jax.train import checkpoint, metrics, optimizer, step as step_lib
+from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
 from flamingo_jax.weights import load
@@ -82,6 +82,7 @@ class TrainRun:
   writer: Any
   preemption: _Preemption
   non_finite: NonFinitePolicy
+  packing: dict  # {dataset: (groups, per_group) or None}: train/image_buffers.py
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
@@ -95,7 +96,6 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   """Builds a run: mesh, tokenizer, data, variables, optimizer state (restored from `workdir`'s
   latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption."""
   workdir = paths.resolve(workdir)
-  checkpoint.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
   tok = tok_lib.load_tokenizer(cfg.tokenizer_path)
   tok_lib.check_tokenizer(tok, cfg.model, cfg.tokenizer_path)
@@ -114,12 +114,33 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
     state = ckpt.restore(start, checkpoint.abstract_like(state), iters)
     print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
   non_finite = NonFinitePolicy.from_config(cfg.train)
+  recorded = checkpoint.read_run_config(workdir) if start is not None else None
+  counts = skips.counts.copy()  # deriving a buffer size reads (then rewinds) a few batches
+  packing = image_buffers.plan(cfg.data, iters, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
+                               recorded and {n: recorded.data[n].get("image_buffer", 0) for n in iters})
+  skips.counts.clear()
+  skips.counts.update(counts)
+  cfg = _with_image_buffers(cfg, image_buffers.resolved(cfg.data, packing))
+  checkpoint.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
+  for name, p in packing.items():
+    if p:
+      print(f"{name}: the vision tower runs on {p[0] * p[1]} images per batch (data.{name}.image_buffer; "
+            f"{cfg.data[name].batch_size * batch_lib.image_slots(name, cfg.data)} slots)", flush=True)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step_fn = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite), donate_argnums=0,
+  step_fn = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite, packing), donate_argnums=0,
                     out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
   return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, skips, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
-                  non_finite)
+                  non_finite, packing)
+
+
+def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> ml_collections.ConfigDict:
+  """The config with the image buffers the run uses (derived ones resolved)."""
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    for name, size in sizes.items():
+      cfg.data[name].image_buffer = size
+  return cfg
 
 
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -132,40 +153,60 @@ def next_batches(run: TrainRun) -> dict[str, dict[str, jax.Array]]:
   """The next global batch of every dataset, checked against the batch contract."""
   out = {}
   for name, it in run.iterators.items():
-    out[name] = global_batch(next(it), run.mesh)
+    local = next(it)
+    image_buffers.check(name, local["image_mask"], run.packing[name], jax.process_count())
+    out[name] = global_batch(local, run.mesh)
     batch_lib.check_batch(name, out[name], batch_lib.batch_shapes(name, run.cfg.data))
   return out
 
 
 def run_steps(run: TrainRun) -> list[dict[str, float]]:
-  """Steps until `train.num_steps`; returns the logged metrics. The final state is `run.state`."""
-  cfg = run.cfg
-  data = cfg.data
+  """Steps until `train.num_steps`; returns the logged metrics. The final state is `run.state`.
+
+  The host never waits for the device between steps: step N's metrics (its non-finite check and
+  its log line) are read after step N+1 is dispatched. A step whose state is saved is checked
+  first, so nothing of a non-finite step is ever checkpointed.
+  """
+  cfg, data = run.cfg, run.cfg.data
   samples = sum(data[n].batch_size for n in batch_lib.DATASETS)
   tokens = sum(data[n].batch_size * data[n].max_tokens for n in batch_lib.DATASETS)
-  history, throughput, t0, step = [], None, time.time(), run.start_step
+  history, throughput, t0, step, pending = [], None, time.time(), run.start_step, None
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
   with run.context():
     while step < cfg.train.num_steps:
+      waiting = time.perf_counter()
       batches = next_batches(run)
+      waited = time.perf_counter() - waiting
       if throughput is None:
-        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, batches))
+        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, batches, run.packing),
+                                        start_step=step)
+      throughput.waited_for_input(waited)
       new_state, m = run.step_fn(run.state, run.frozen, batches)
+      if pending:  # the previous step, which has finished or nearly
+        history += _finish_step(run, *pending, throughput, t0)
       step += 1
-      run.non_finite.check(step, m)  # raises before anything of a stopped step is saved
-      run.state = new_state
+      run.state, pending = new_state, (step, m)
       for hook in hooks:
         hook(step)
-      if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
-        history.append(_log(run, step, m, throughput, t0))
-      if run.preemption.requested(step):
-        run.ckpt.save(step, run.state, run.iterators, force=True)
+      preempted = run.preemption.requested(step)
+      if preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
+        history += _finish_step(run, *pending, throughput, t0)  # checked before it is saved
+        pending = None
+        run.ckpt.save(step, run.state, run.iterators, force=preempted)
+      if preempted:
         run.ckpt.wait()
         print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
         raise SystemExit(0)
-      if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
-        run.ckpt.save(step, run.state, run.iterators)
   return history
+
+
+def _finish_step(run: TrainRun, step: int, m: dict, throughput, t0: float) -> list[dict[str, float]]:
+  """A dispatched step's host side: the non-finite check (raises before anything of a stopped
+  step is saved) and, every `log_every` steps, its log line."""
+  run.non_finite.check(step, m)
+  if step % run.cfg.train.log_every == 0 or step == run.cfg.train.num_steps:
+    return [_log(run, step, m, throughput, t0)]
+  return []
 
 
 def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, float]:
@@ -179,8 +220,8 @@ def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, 
   gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])
   print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}  mmc4 "
         f"{logged['loss_mmc4']:.4f}  laion {logged['loss_laion']:.4f}  mean tanh(attn_gate) "
-        f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  "
-        f"[{time.time() - t0:.0f}s]", flush=True)
+        f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  input wait "
+        f"{100 * logged['perf/input_wait_fraction']:.1f}%  [{time.time() - t0:.0f}s]", flush=True)
   return logged
 
 

@@ -34,21 +34,28 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
 
 
 class Throughput:
-  """samples/s, tokens/s and MFU over the interval since the last call."""
+  """samples/s, tokens/s, MFU and the share of wall time spent waiting for input, over the
+  interval since the last call (OpenFlamingo logs the input wait as data_time)."""
 
   def __init__(self, samples_per_step: int, tokens_per_step: int, flops_per_step: float | None,
-               peak_flops: float | None = None):
+               peak_flops: float | None = None, start_step: int = 0):
     self.samples, self.tokens, self.flops = samples_per_step, tokens_per_step, flops_per_step
     self.peak = peak_flops or peak_flops_per_device()
-    self.last_time, self.last_step = time.time(), 0
+    self.last_time, self.last_step = time.time(), start_step
+    self.input_wait = 0.0
+
+  def waited_for_input(self, seconds: float) -> None:
+    self.input_wait += seconds
 
   def __call__(self, step: int) -> dict[str, float]:
     now = time.time()
     steps = max(step - self.last_step, 1)
-    dt = max(now - self.last_time, 1e-9) / steps
-    self.last_time, self.last_step = now, step
+    wall = max(now - self.last_time, 1e-9)
+    dt = wall / steps
     out = {"perf/samples_per_s": self.samples / dt, "perf/tokens_per_s": self.tokens / dt,
-           "perf/step_time_s": dt}
+           "perf/step_time_s": dt, "perf/input_wait_fraction": min(1.0, self.input_wait / wall),
+           "perf/step_time_excluding_input_s": max(0.0, wall - self.input_wait) / steps}
+    self.last_time, self.last_step, self.input_wait = now, step, 0.0
     if self.flops and self.peak:
       out["perf/mfu"] = self.flops / dt / (self.peak * jax.device_count())
     if self.flops:
@@ -91,7 +98,7 @@ def jaxpr_matmul_flops(jaxpr) -> float:
   return total
 
 
-def step_flops(cfg, batches) -> float | None:
+def step_flops(cfg, batches, packing=None) -> float | None:
   """FLOPs of one training step, from XLA's cost analysis of the step lowered with the layers
   unrolled: a scanned stack would be counted once, not once per group."""
   from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
@@ -106,7 +113,7 @@ def step_flops(cfg, batches) -> float | None:
   state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
   as_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
   batches = jax.tree_util.tree_map(as_struct, batches)
-  return program_flops(jax.jit(step_lib.make_train_step(cfg.model, cfg.optim)), state,
+  return program_flops(jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, packing=packing)), state,
                        abstract["frozen"], batches)
 
 

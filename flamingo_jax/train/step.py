@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flamingo_jax.data import image_preprocess
 from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.train import optimizer
@@ -89,25 +90,33 @@ class NonFinitePolicy:
     return {"skipped/non_finite_steps": float(self.skipped)} if self.skip else {}
 
 
-def _apply(model: Flamingo, variables: dict, batch: dict) -> jax.Array:
-  """Logits of one dataset's batch (the contract of data/batch.py)."""
-  return model.apply(variables, batch["images"], batch["input_ids"], batch["attention_mask"],
-                     image_mask=batch["image_mask"])
+def _apply(model: Flamingo, variables: dict, batch: dict, packing: tuple[int, int] | None = None) -> jax.Array:
+  """Logits of one dataset's batch (the contract of data/batch.py): uint8 images are normalised
+  here, on the device (float ones are taken as normalised already)."""
+  images = batch["images"]
+  if images.dtype == jnp.uint8:
+    images = image_preprocess.normalize(images)
+  return model.apply(variables, images, batch["input_ids"], batch["attention_mask"],
+                     image_mask=batch["image_mask"], packing=packing)
 
 
 def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
-                    non_finite: NonFinitePolicy | None = None) -> Callable:
+                    non_finite: NonFinitePolicy | None = None,
+                    packing: dict[str, tuple[int, int] | None] | None = None) -> Callable:
   """(state, frozen, batches) -> (state, metrics); jit it with shardings at the call site.
 
-  `batches` maps each of `DATASETS` to a batch; the optimizer is `optim_cfg`'s."""
+  `batches` maps each of `DATASETS` to a batch; the optimizer is `optim_cfg`'s; `packing`
+  ({dataset: (groups, per_group)}, train/image_buffers.py) runs the vision tower on real images
+  only."""
+  packing = packing or {}
   model = Flamingo(model_cfg)
   tx = optimizer.make_optimizer(optim_cfg)
   weights = {"mmc4": optim_cfg.loss_multiplier_mmc4, "laion": optim_cfg.loss_multiplier_laion}
   skip_non_finite = non_finite is not None and non_finite.skip
 
   def loss_fn(params, frozen, batches):
-    losses = {n: causal_lm_loss(_apply(model, {"params": params, "frozen": frozen}, batches[n]),
-                                batches[n]["labels"]) for n in DATASETS}
+    losses = {n: causal_lm_loss(_apply(model, {"params": params, "frozen": frozen}, batches[n],
+                                       packing.get(n)), batches[n]["labels"]) for n in DATASETS}
     return sum(weights[n] * losses[n] for n in DATASETS), losses
 
   def train_step(state: TrainState, frozen: Any, batches: dict) -> tuple[TrainState, dict]:
@@ -133,9 +142,9 @@ def make_eval_loss(model_cfg: ml_collections.ConfigDict) -> Callable:
   model = Flamingo(model_cfg)
 
   def eval_loss(params, frozen, batch):
-    def loss(images):
-      logits = _apply(model, {"params": params, "frozen": frozen}, dict(batch, images=images))
+    def loss(image_mask):  # a slot marked empty is encoded as a blank (all-zero) image
+      logits = _apply(model, {"params": params, "frozen": frozen}, dict(batch, image_mask=image_mask))
       return causal_lm_loss(logits, batch["labels"])
-    return loss(batch["images"]), loss(jnp.zeros_like(batch["images"]))
+    return loss(batch["image_mask"]), loss(jnp.zeros_like(batch["image_mask"]))
 
   return eval_loss

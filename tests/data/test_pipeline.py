@@ -18,7 +18,7 @@ def test_batches_follow_the_contract(make_cfg, tok):
   size, ids = cfg.image_size, tokenizer.special_ids(tok)
   for name, n_img, length, batch in (("laion", 1, 16, 4), ("mmc4", 3, 48, 2)):
     x = b[name]
-    assert x["images"].shape == (batch, n_img, 1, size, size, 3) and x["images"].dtype == np.float32
+    assert x["images"].shape == (batch, n_img, 1, size, size, 3) and x["images"].dtype == np.uint8
     assert x["image_mask"].shape == (batch, n_img) and x["image_mask"].dtype == bool
     for key in ("input_ids", "attention_mask", "labels"):
       assert x[key].shape == (batch, length) and x[key].dtype == np.int32, key

@@ -6,6 +6,7 @@ import io
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import tokenizers
@@ -128,7 +129,7 @@ def test_gpt_documents(tok):
   # Markers out of numeric order: images follow the text, not the image_map's numbering.
   sample = _mmc4(_gpt_doc("_!_IMAGE2_!_ two. _!_IMAGE1_!_ one. _!_IMAGE3_!_ three.", jpegs), tok)
   assert sample["image_mask"].tolist() == [True, True, True]
-  decoded = [image_preprocess.clip_preprocess(image_preprocess.decode(b), 32) for b in jpegs]
+  decoded = [image_preprocess.clip_resize(image_preprocess.decode(b), 32) for b in jpegs]
   for slot, k in enumerate([1, 0, 2]):
     np.testing.assert_array_equal(sample["images"][slot, 0], decoded[k])
   ids = tokenizer.special_ids(tok)
@@ -146,6 +147,11 @@ def test_clip_preprocess_matches_open_clip_transform():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
     theirs = image_transform(64, is_train=False)(img).numpy().transpose(1, 2, 0)
     np.testing.assert_allclose(image_preprocess.clip_preprocess(img, 64), theirs, atol=1e-5)
+    # Training's route: uint8 pixels, normalised on the device, equal to the float path.
+    pixels = image_preprocess.clip_resize(img, 64)
+    assert pixels.dtype == np.uint8
+    on_device = np.asarray(jax.jit(image_preprocess.normalize)(pixels))
+    np.testing.assert_allclose(on_device, image_preprocess.clip_preprocess(img, 64), atol=1e-6, rtol=0)
 
 
 def test_synthetic_shards_are_deterministic_and_well_formed(tmp_path, shards):

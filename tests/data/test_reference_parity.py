@@ -19,7 +19,7 @@ open_flamingo = pytest.importorskip("open_flamingo")
 from open_clip.transform import image_transform  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
-from flamingo_jax.data import laion, mmc4, tokenizer  # pylint: disable=g-import-not-at-top
+from flamingo_jax.data import image_preprocess, laion, mmc4, tokenizer  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.skips import Skip  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.tar_source import TarShardSource  # pylint: disable=g-import-not-at-top
 from flamingo_jax.data.text import TextEncoder  # pylint: disable=g-import-not-at-top
@@ -99,7 +99,7 @@ def test_laion_matches_reference(ref, ref_tok, tok, shards):
     flip = float(torch.rand(1))
     torch.manual_seed(seed)
     ref_images = ref.data.preprocess_image(pil, transform).numpy().transpose(0, 2, 3, 1)
-    got = laion.flip_batch(batch, _Scripted(flip))["images"][:, 0, 0]
+    got = image_preprocess.normalize(laion.flip_batch(batch, _Scripted(flip))["images"][:, 0, 0])
     np.testing.assert_allclose(got, ref_images, atol=1e-5)
   mmc4_dummy = (torch.zeros(1, 1, 3, SIZE, SIZE), [(ids[:1], mask[:1])])
   ref_labels = _reference_labels(ref, ref_tok, (torch.zeros(len(records), 3, SIZE, SIZE), (ids, mask)), mmc4_dummy)[0]
@@ -146,7 +146,8 @@ def test_mmc4_matches_reference(ref, ref_tok, tok, shards, max_tokens):
     order = mmc4.token_order(sentence_ixs)[:int(ours["image_mask"].sum())]
     reordered += order != sorted(order)
     ref_hwc = ref_images.numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(ours["images"][:len(order), 0], ref_hwc[order], atol=1e-5)
+    np.testing.assert_allclose(image_preprocess.normalize(ours["images"][:len(order), 0]), ref_hwc[order],
+                               atol=1e-5)
     kept.append((ours, ref_ids, ref_mask))
   print(f"kept {len(kept)}, skipped {skipped}, reordered {reordered}")
   assert kept and skipped and reordered, (len(kept), skipped, reordered)
@@ -200,8 +201,8 @@ def test_chatgpt_sequences_match_reference(ref, ref_tok, tok, shards, max_tokens
     np.testing.assert_array_equal(ours["input_ids"], ref_ids[0].numpy())
     np.testing.assert_array_equal(ours["attention_mask"], ref_mask[0].numpy())
     shown = int(ours["image_mask"].sum())
-    np.testing.assert_allclose(ours["images"][:shown, 0], ref_images[:shown].numpy().transpose(0, 2, 3, 1),
-                               atol=1e-5)
+    np.testing.assert_allclose(image_preprocess.normalize(ours["images"][:shown, 0]),
+                               ref_images[:shown].numpy().transpose(0, 2, 3, 1), atol=1e-5)
     assert not ours["images"][shown:].any()
     kept += 1
   print(f"kept {kept}, skipped {skipped}")

@@ -1,0 +1,57 @@
+"""The launch scripts hand the train CLI exactly the arguments the user typed: braces, spaces and
+quotes survive the remote shell (a stand-in `gcloud` records its arguments and runs `--command`
+through bash; a stand-in `python3` records what it was asked to run)."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GCLOUD = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$FAKE_LOG/gcloud.txt"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--command" ]; then exec bash -c "$2"; fi
+  shift
+done
+"""
+PYTHON = f"#!{sys.executable}\n" + r"""
+import json, os, sys
+with open(os.path.join(os.environ["FAKE_LOG"], "python3.jsonl"), "a") as f:
+  f.write(json.dumps(sys.argv[1:]) + "\n")
+"""
+USER_ARGS = ["--config.data.laion.shards=gs://bucket/laion/{00000..09999}.tar",
+             "--config.checkpoint.base=gs://bucket/a b", "--config.data.mmc4.shards=it's;$HOME"]
+
+
+def _fakes(tmp_path):
+  bin_dir, log, home = tmp_path / "bin", tmp_path / "log", tmp_path / "home"
+  for d in (bin_dir, log, home / "flamingo_jax" / "launch"):
+    d.mkdir(parents=True)
+  for name, text in (("gcloud", GCLOUD), ("python3", PYTHON)):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(stat.S_IRWXU)
+  (home / "flamingo_jax" / "launch" / "setup.sh").write_text("exit 0\n")  # the remote copy
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "HOME": str(home),
+         "CONFIG": "configs/of_3b.py:tpu", "WORKDIR": "gs://bucket/of3b", "TPU": "my-v5e", "ZONE": "z"}
+  return env, log
+
+
+def _train_calls(log):
+  calls = [json.loads(line) for line in (log / "python3.jsonl").read_text().splitlines()]
+  return [c for c in calls if c[:2] == ["-m", "flamingo_jax.train"]]
+
+
+def test_tpu_vm_passes_arguments_through_the_remote_shell(tmp_path):
+  env, log = _fakes(tmp_path)
+  subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
+  assert _train_calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
+                                "--workdir=gs://bucket/of3b", *USER_ARGS]]
+
+
+def test_gpu_host_passes_arguments_through(tmp_path):
+  env, log = _fakes(tmp_path)
+  subprocess.run(["bash", "launch/gpu_host.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
+  assert _train_calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
+                                "--workdir=gs://bucket/of3b", *USER_ARGS]]
