@@ -83,5 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pad_multiple = 64               # prompts are left-padded to a multiple of this (fewer compiles)
   c.max_length = 2000               # prompt tokens kept (the reference truncates at 2000)
   c.image_cache_size = 1024         # preprocessed images kept in memory (demonstrations repeat)
+  c.latent_cache_size = 4096        # images whose resampled latents are kept (each image is encoded
+                                    # once per run; 0: every prompt encodes its images, as the reference)
   c.data = _data_config(a.root)
   return c

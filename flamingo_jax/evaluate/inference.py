@@ -10,6 +10,7 @@ Images: one (S, S, 3) CLIP-normalised array per `<image>`, zeros in unused trail
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -59,6 +60,31 @@ def clean_up_spaces(text: str) -> str:
   return text
 
 
+class LatentCache:
+  """Image path -> its resampled latents (N, D), least recently used first out: few-shot prompts
+  repeat their demonstrations, and an image's latents do not depend on the prompt around it."""
+
+  def __init__(self, size: int):
+    self.size = size
+    self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self.hits = self.misses = 0  # image slots served from the cache / images encoded
+
+  def get(self, path: str) -> np.ndarray | None:
+    value = self._items.get(path)
+    if value is not None:
+      self._items.move_to_end(path)
+    return value
+
+  def put(self, path: str, value: np.ndarray) -> None:
+    self._items[path] = value
+    self._items.move_to_end(path)
+    while len(self._items) > self.size:
+      self._items.popitem(last=False)
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+
 def _to_host(x) -> np.ndarray:
   """A (possibly multi-host) global array as one numpy array on every host."""
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -75,7 +101,8 @@ class EvalModel:
   (tests use it to plant known answers)."""
 
   def __init__(self, sampler: Sampler, tokenizer, *, pad_multiple: int = 64, max_length: int = 2000,
-               image_cache_size: int = 1024, image_workers: int = 8, generate_fn: Callable | None = None):
+               image_cache_size: int = 1024, image_workers: int = 8, generate_fn: Callable | None = None,
+               latent_cache_size: int = 0):
     if sampler.mesh is None:
       raise ValueError("EvalModel needs a Sampler with a mesh")
     self.sampler = sampler
@@ -88,7 +115,10 @@ class EvalModel:
       raise ValueError(f"Tokenizer ids eoc={ids['eoc']} media={ids['media']} differ from the model "
                        f"config's {self.cfg.eoc_token_id}, {self.cfg.media_token_id}")
     self.eoc_id, self.pad_id = ids["eoc"], ids["pad"]
-    self._generate = generate_fn or sampler.generate
+    self._generate = generate_fn
+    # One host: every image is encoded once per run (until evicted). Several hosts would have to
+    # encode the same images in step; they encode each prompt's images with it.
+    self.latents = LatentCache(latent_cache_size) if latent_cache_size and jax.process_count() == 1 else None
     self._batch_sharding = lambda ndim: rules.batch_sharding(self.mesh, ndim)
     self.batch_multiple = sampler.batch_multiple
 
@@ -96,7 +126,8 @@ class EvalModel:
   def from_loaded(cls, loaded, eval_cfg: ml_collections.ConfigDict) -> "EvalModel":
     """From `weights.load.load_model`'s result and the evaluation settings."""
     return cls(Sampler.from_loaded(loaded), loaded.tokenizer, pad_multiple=eval_cfg.pad_multiple,
-               max_length=eval_cfg.max_length, image_cache_size=eval_cfg.image_cache_size)
+               max_length=eval_cfg.max_length, image_cache_size=eval_cfg.image_cache_size,
+               latent_cache_size=eval_cfg.get("latent_cache_size", 0))
 
   @property
   def variables(self):
@@ -134,6 +165,46 @@ class EvalModel:
 
     return jax.make_array_from_callback(shape, self._batch_sharding(len(shape)), rows)
 
+  def media(self, image_paths: Sequence[Sequence[str]]) -> jax.Array:
+    """(B, T, N, D) latents of the images (a blank image's in unused slots), from the latent
+    cache; the images it lacks are encoded (in batches) and added to it."""
+    cache, found = self.latents, {}
+    blank = cache.get("")
+    if blank is None:  # the unused slots' latents: those of an all-zero image, as without the cache
+      blank = self._encode([[]])[0]
+      cache.put("", blank)
+    for p in dict.fromkeys(p for row in image_paths for p in row):
+      value = cache.get(p)
+      if value is not None:
+        found[p] = value
+    missing = [p for p in dict.fromkeys(p for row in image_paths for p in row) if p not in found]
+    cache.hits += sum(len(row) for row in image_paths) - len(missing)  # slots served without encoding
+    chunk = self.padded_size(64)
+    for start in range(0, len(missing), chunk):
+      part = missing[start:start + chunk]
+      for p, value in zip(part, self._encode([[p] for p in part])):
+        found[p] = value
+        cache.put(p, value)
+    cache.misses += len(missing)
+    b, t = len(image_paths), max(1, max(len(p) for p in image_paths))
+    out = np.broadcast_to(blank, (b, t, *blank.shape)).copy()
+    for i, row in enumerate(image_paths):
+      for j, p in enumerate(row):
+        out[i, j] = found[p]
+    return jax.make_array_from_callback(out.shape, self._batch_sharding(out.ndim), lambda index: out[index])
+
+  def _encode(self, rows: list[list[str]]) -> list[np.ndarray]:
+    """Each row's first image's latents (a blank image's for an empty row), (N, D) each."""
+    n = len(rows)
+    rows = rows + [rows[-1]] * (self.padded_size(n) - n)
+    return list(_to_host(self.sampler.encode_images(self.vision_x(rows)))[:n, 0])
+
+  def _vision_inputs(self, image_paths) -> dict:
+    """What the sampler takes for these images: cached latents (`media`) or pixels."""
+    if self.latents is not None:
+      return {"vision_x": None, "media": self.media(image_paths)}
+    return {"vision_x": self.vision_x(image_paths), "media": None}
+
   def _pad_rows(self, texts, image_paths):
     n = len(texts)
     extra = self.padded_size(n) - n  # padding rows repeat the last example; dropped afterwards
@@ -149,7 +220,11 @@ class EvalModel:
     texts, image_paths = self._pad_rows(texts, image_paths)
     ids, mask = self.tokenize(texts)
     settings = dataclasses.replace(decoding, eos_token_ids=(self.eoc_id,), pad_token_id=self.pad_id)
-    out = self._generate(self.vision_x(image_paths), ids, mask, settings)
+    if self._generate is not None:  # a stand-in, given pixels
+      out = self._generate(self.vision_x(image_paths), ids, mask, settings)
+    else:
+      inputs = self._vision_inputs(image_paths)
+      out = self.sampler.generate(inputs["vision_x"], ids, mask, settings, media=inputs["media"])
     new_tokens = np.asarray(out)[:n, ids.shape[1]:]
     texts = self.tok.batch_decode(new_tokens.tolist(), skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)
@@ -176,13 +251,13 @@ class EvalModel:
     n = len(texts)
     texts, image_paths = self._pad_rows(texts, image_paths)
     ids, mask = self.tokenize(texts)
-    vision = self.vision_x(image_paths)
+    inputs = self._vision_inputs(image_paths) if use_cache else {"vision_x": self.vision_x(image_paths)}
     sampler = self.sampler
     b, length = ids.shape
     scores = np.zeros((b, len(class_tokens)), np.float32)
     if use_cache:
       max_m = max(len(t) for t in class_tokens)
-      logits, state = sampler.prefill(vision, ids, mask, length + max_m - 1)
+      logits, state = sampler.prefill(inputs["vision_x"], ids, mask, length + max_m - 1, media=inputs["media"])
       first = jax.nn.log_softmax(logits.astype(jnp.float32))
       single = [c for c, t in enumerate(class_tokens) if len(t) == 1]
       if single:
@@ -196,7 +271,7 @@ class EvalModel:
         m = len(toks)
         full_ids = np.concatenate([ids, np.tile(np.asarray(toks, np.int32), (b, 1))], axis=1)
         full_mask = np.concatenate([mask, np.ones((b, m), np.int32)], axis=1)
-        scores[:, c] = _to_host(sampler.full_forward_log_prob(vision, full_ids, full_mask, m))
+        scores[:, c] = _to_host(sampler.full_forward_log_prob(inputs["vision_x"], full_ids, full_mask, m))
     return scores[:n]
 
   # -- RICES ---------------------------------------------------------------------------------

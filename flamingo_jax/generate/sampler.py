@@ -39,8 +39,9 @@ class Sampler:
     self.variables = nn.unbox(variables)
     self.mesh, self.rules = mesh, tuple(rules or ())
     model = Flamingo(model_cfg)
-    self._prefill = jax.jit(lambda v, x, ids, mask, max_len: model.apply(
-        v, x, ids, mask, max_len, method=Flamingo.prefill), static_argnums=4)
+    self._prefill = jax.jit(lambda v, x, ids, mask, max_len, media: model.apply(
+        v, x, ids, mask, max_len, media, method=Flamingo.prefill), static_argnums=4)
+    self._encode_images = jax.jit(lambda v, x: model.apply(v, x, method=Flamingo.encode_images))
     self._extend = jax.jit(_extend_fn(model))
     self._continuation = jax.jit(_continuation_fn(model))
     self._full_forward = jax.jit(_full_forward_fn(model))
@@ -75,11 +76,18 @@ class Sampler:
 
   # -- the compiled pieces ---------------------------------------------------------------------
 
-  def prefill(self, vision_x, input_ids, attention_mask, max_length: int):
-    """(last-position logits (B, V), decode state) of left-padded prompts; see Flamingo.prefill."""
+  def encode_images(self, vision_x) -> jax.Array:
+    """(B, T, F, S, S, 3) images -> (B, T, N, D_vision) resampled latents (for `media=`)."""
     with self.context():
-      return self._prefill(self.variables, self.shard_batch(vision_x), self.shard_batch(input_ids),
-                           self.shard_batch(attention_mask), max_length)
+      return self._encode_images(self.variables, self.shard_batch(vision_x))
+
+  def prefill(self, vision_x, input_ids, attention_mask, max_length: int, media=None):
+    """(last-position logits (B, V), decode state) of left-padded prompts; see Flamingo.prefill.
+    `media`: latents from `encode_images` instead of `vision_x`."""
+    with self.context():
+      return self._prefill(self.variables, None if media is not None else self.shard_batch(vision_x),
+                           self.shard_batch(input_ids), self.shard_batch(attention_mask), max_length,
+                           None if media is None else self.shard_batch(media))
 
   def extend(self, tokens, state, origin=None):
     """Feeds one token per row; `origin` (beam search) picks each row's parent state first."""
@@ -105,8 +113,9 @@ class Sampler:
   # -- decoding --------------------------------------------------------------------------------
 
   def generate(self, vision_x, input_ids, attention_mask, settings: DecodeSettings | None = None,
-               rng: jax.Array | None = None, **overrides) -> np.ndarray:
-    """Continues left-padded prompts; returns (B, prompt_len + generated) token ids.
+               rng: jax.Array | None = None, media=None, **overrides) -> np.ndarray:
+    """Continues left-padded prompts; returns (B, prompt_len + generated) token ids. `media`:
+    the prompts' image latents (`encode_images`) instead of `vision_x`.
 
     `settings` (fields replaced by `overrides`, HF `generate` names) say how. Rows that stop early
     (an EOS id) are filled with the pad id; the result is cut at the longest row, as Hugging
@@ -124,7 +133,7 @@ class Sampler:
                        "both be (batch, length)")
     if (attention_mask[:, -1] == 0).any():
       raise ValueError("Prompts must be left-padded: the last position of every row must be a real token")
-    prefill = lambda max_len: self.prefill(vision_x, input_ids, attention_mask, max_len)
+    prefill = lambda max_len: self.prefill(vision_x, input_ids, attention_mask, max_len, media=media)
     search = beam_search if s.num_beams > 1 else greedy_or_sample
     return search(prefill, self.extend, input_ids, s, jax.random.PRNGKey(0) if rng is None else rng)
 

@@ -146,10 +146,11 @@ class Flamingo(nn.Module):
 
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
 
-  def prefill(self, vision_x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-              max_length: int) -> tuple[jax.Array, dict]:
+  def prefill(self, vision_x: jax.Array | None, input_ids: jax.Array, attention_mask: jax.Array,
+              max_length: int, media: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Encodes the images, runs the (left-padded) prompt and returns the last position's logits
-    (B, V) and a decode state holding every layer's KV cache of `max_length` slots."""
+    (B, V) and a decode state holding every layer's KV cache of `max_length` slots. `media`
+    (B, T, N, D_vision), latents `encode_images` made earlier (cached), replaces `vision_x`."""
     b, length = input_ids.shape
     if length > max_length:
       raise ValueError(f"Prompt of {length} tokens exceeds max_length={max_length}")
@@ -167,7 +168,8 @@ class Flamingo(nn.Module):
     allowed = (slots[None, :] <= jnp.arange(length)[:, None])[None, None] & key_valid[:, None, None, :]
     h = self.lm.input_hidden(self.embed_tokens(input_ids), positions)
     h, media_kv, caches = self._run_layers(h, text_time, allowed, positions,
-                                           media=self.encode_images(vision_x), caches=caches,
+                                           media=self.encode_images(vision_x) if media is None else media,
+                                           caches=caches,
                                            cache_index=0)
     state = {"caches": caches, "media_kv": media_kv, "key_valid": key_valid,
              "index": jnp.asarray(length, jnp.int32),

@@ -126,3 +126,19 @@ def test_guess_model_name(tiny_cfg):
   assert runner.guess_model_name(tiny_cfg, "configs/of_4b.py:tpu") == "of_4b"
   assert runner.guess_model_name(tiny_cfg) is None
   assert classification.top1_accuracy([1], [1]) == 1.0
+
+
+def test_cached_latents_give_the_same_results(tiny_model, eval_cfg, tmp_path):
+  """With the latent cache every image is encoded once per run; captions and class scores are
+  those of encoding each prompt's images with it."""
+  cached = EvalModel(tiny_model.sampler, tiny_model.tok, pad_multiple=64, latent_cache_size=64)
+  tasks = ["coco", "hateful_memes"]
+  plain, _ = runner.run(tiny_model, eval_cfg, tasks, [2], str(tmp_path / "plain"), None)
+  fast, _ = runner.run(cached, eval_cfg, tasks, [2], str(tmp_path / "cached"), None)
+  for task in tasks:
+    ours = json.load(open(tmp_path / "cached" / f"{task}_2shot_random_seed42_predictions.json"))
+    theirs = json.load(open(tmp_path / "plain" / f"{task}_2shot_random_seed42_predictions.json"))
+    assert ours == theirs or task == "hateful_memes"
+    assert fast[task][0]["mean"] == pytest.approx(plain[task][0]["mean"], abs=1e-6)
+  distinct = len(cached.latents) - 1  # less the blank image
+  assert cached.latents.misses == distinct and cached.latents.hits > 0  # demonstrations repeat
