@@ -118,7 +118,9 @@ class EvalModel:
     self._generate = generate_fn
     # One host: every image is encoded once per run (until evicted). Several hosts would have to
     # encode the same images in step; they encode each prompt's images with it.
-    self.latents = LatentCache(latent_cache_size) if latent_cache_size and jax.process_count() == 1 else None
+    # A model with media-time embeddings encodes an image differently in each slot: no cache.
+    cacheable = jax.process_count() == 1 and self.cfg.perceiver.get("max_num_media") is None
+    self.latents = LatentCache(latent_cache_size) if latent_cache_size and cacheable else None
     self._batch_sharding = lambda ndim: rules.batch_sharding(self.mesh, ndim)
     self.batch_multiple = sampler.batch_multiple
 

@@ -135,11 +135,14 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
 
 
 def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> ml_collections.ConfigDict:
-  """The config with the image buffers the run uses (derived ones resolved)."""
+  """The config as the run records it: the image buffers it uses (derived ones resolved) and its
+  base checkpoint's absolute path (tools read the workdir from anywhere)."""
   cfg = cfg.copy_and_resolve_references()
   with cfg.unlocked():
     for name, size in sizes.items():
       cfg.data[name].image_buffer = size
+    if cfg.checkpoint.base:
+      cfg.checkpoint.base = paths.resolve(cfg.checkpoint.base)
   return cfg
 
 
@@ -190,7 +193,7 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
         hook(step)
       preempted = run.preemption.requested(step)
       if preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
-        history += _finish_step(run, *pending, throughput, t0)  # checked before it is saved
+        history += _finish_step(run, *pending, throughput, t0, force=True)  # checked before it is saved
         pending = None
         run.ckpt.save(step, run.state, run.iterators, force=preempted)
       if preempted:
@@ -200,10 +203,12 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   return history
 
 
-def _finish_step(run: TrainRun, step: int, m: dict, throughput, t0: float) -> list[dict[str, float]]:
+def _finish_step(run: TrainRun, step: int, m: dict, throughput, t0: float,
+                 force: bool = False) -> list[dict[str, float]]:
   """A dispatched step's host side: the non-finite check (raises before anything of a stopped
-  step is saved) and, every `log_every` steps, its log line."""
-  run.non_finite.check(step, m)
+  step is saved; `force`: whatever train.check_finite_every says) and, every `log_every` steps,
+  its log line."""
+  run.non_finite.check(step, m, force)
   if step % run.cfg.train.log_every == 0 or step == run.cfg.train.num_steps:
     return [_log(run, step, m, throughput, t0)]
   return []
@@ -244,7 +249,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   final = evaluate_image_dependence(run)
   run.writer.write_scalars(int(run.state.step), final)
   run.writer.flush()
-  if cfg.train.get("final_captions", 0) and jax.process_index() == 0:
+  if cfg.train.get("final_captions", 0) and jax.process_count() == 1:  # (a tiny run's show)
     caption_held_out_images(run, cfg.train.final_captions)
   print(f"TensorBoard logs: {run.workdir}   Orbax checkpoints: {run.ckpt.directory}", flush=True)
   return TrainResult(history, final, run.state)

@@ -69,9 +69,10 @@ class NonFinitePolicy:
   def skip(self) -> bool:
     return self.action == "skip"
 
-  def check(self, step: int, metrics: dict) -> None:
-    """After step `step` (1-based): raises NonFiniteError or counts a skipped update."""
-    if not self.check_every or step % self.check_every:
+  def check(self, step: int, metrics: dict, force: bool = False) -> None:
+    """After step `step` (1-based): raises NonFiniteError or counts a skipped update. Steps off
+    the `check_every` grid are checked only when `force`d (a step about to be saved)."""
+    if not force and (not self.check_every or step % self.check_every):
       return
     if bool(metrics["finite"]):
       self.in_a_row = 0

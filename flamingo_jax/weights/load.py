@@ -92,7 +92,7 @@ def stored_config(path: str) -> tuple[ml_collections.ConfigDict, bool]:
 
 def read_variables(path: str, stored: ml_collections.ConfigDict, is_run: bool, step: int | None,
                    dtypes_: dict | None = None, select=None) -> tuple[dict, str]:
-  """(host variables in the stored layout, cast to `dtypes_` while reading; a description) of
+  """(host variables in the unrolled layout, cast to `dtypes_` while reading; a description) of
   a base checkpoint or (`is_run`) a training workdir, whose config is `stored`. `select(collection,
   path)` limits what is read from a base checkpoint (see orbax_io.load_base_checkpoint)."""
   if not is_run:
@@ -101,10 +101,9 @@ def read_variables(path: str, stored: ml_collections.ConfigDict, is_run: bool, s
     _, variables = orbax_io.load_base_checkpoint(path, select=select, dtypes=dtypes_)
     return variables, f"base checkpoint {paths.resolve(path)}"
   step, params = train_checkpoint.restore_trainable(path, step)
-  frozen = initial_frozen(stored, (dtypes_ or {}).get("frozen"), select)
-  variables = layer_groups.to_layout({"frozen": frozen}, stored.model, bool(stored.model.scan_layers))
-  variables["params"] = params
-  return variables, f"step {step} of {paths.resolve(path)}"
+  frozen = initial_frozen(stored, (dtypes_ or {}).get("frozen"), select)  # unrolled, maybe partial
+  params = layer_groups.to_layout({"params": params}, stored.model, False)["params"]
+  return {"params": params, "frozen": frozen}, f"step {step} of {paths.resolve(path)}"
 
 
 def initial_frozen(run: ml_collections.ConfigDict, dtype=None, select=None) -> dict:

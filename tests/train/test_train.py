@@ -245,12 +245,13 @@ def test_profiler_writes_a_trace(tmp_path):
 
 
 def test_export_from_a_sharded_training_run(shards, tmp_path, gcs_bucket):
-  """A run sharded over 8 devices with its workdir in a bucket, exported by the CLI onto one host
-  as a checkpoint.pt."""
+  """A run sharded over 8 devices, with scanned layers and its workdir in a bucket, exported by
+  the CLI onto one host as a checkpoint.pt."""
   import torch
   from flamingo_jax.weights import orbax_io
   cfg = _cfg(shards, num_steps=2)
   cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  cfg.model.scan_layers = True
   cfg.checkpoint.every_steps = 2
   base = nn.unbox(shapes.init_variables(cfg.model, jax.random.PRNGKey(cfg.seed)))
   orbax_io.save_base_checkpoint(str(tmp_path / "base"), cfg, base)
@@ -276,10 +277,10 @@ def test_export_from_a_sharded_training_run(shards, tmp_path, gcs_bucket):
   jax.tree_util.tree_map(np.testing.assert_array_equal, {k: v.numpy() for k, v in torch.load(tmp_path / "alone.pt").items()},
                          {k: v.numpy() for k, v in sd.items()})
   # (The perceiver gets no gradient while the gates are still closed; the gates do.)
-  trained = np.asarray(jax.device_get(result.state.params["xattn_0"]["ff_gate"]))
+  trained = np.asarray(jax.device_get(result.state.params["layers"]["xattn"]["ff_gate"][0]))
   np.testing.assert_array_equal(
       sd["lang_encoder.transformer.blocks.0.gated_cross_attn_layer.ff_gate"].numpy(), trained)
-  assert not np.array_equal(trained, np.asarray(base["params"]["xattn_0"]["ff_gate"]))
+  assert not np.array_equal(trained, np.asarray(base["params"]["layers"]["xattn"]["ff_gate"][0]))
 
 
 def test_jaxpr_matmul_flops_match_hand_counts():
