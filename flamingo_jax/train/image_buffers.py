@@ -11,7 +11,8 @@ batch and split evenly over the data x fsdp devices:
 
 Datasets with one slot per row (LAION) hold a real image in every slot: nothing to pack.
 A batch with more real images on one device than its share of the buffer is an error naming the
-dataset and the field (nothing is dropped silently).
+dataset and the field (nothing is dropped silently). A derived size rests on a few batches: for a
+long run, set the field (the run's train_config.json shows what was derived; every slot is safe).
 """
 from __future__ import annotations
 
