@@ -14,6 +14,7 @@ model) and per-trial predictions into --out_dir. `--random_init` evaluates rando
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -60,8 +61,12 @@ def main(argv):
   from flamingo_jax.evaluate.inference import EvalModel  # pylint: disable=g-import-not-at-top
   config_path = config_flags.get_config_filename(flags.FLAGS["config"]) if _CONFIG.value else None
   model_name = _MODEL_NAME.value or runner.guess_model_name(cfg, config_path)
-  loaded = load.load_model(_CHECKPOINT.value, config=_CONFIG.value, step=_STEP.value,
-                           tokenizer_path=_TOKENIZER.value, random_init=_RANDOM_INIT.value)
+  try:
+    loaded = load.load_model(_CHECKPOINT.value, config=_CONFIG.value, step=_STEP.value,
+                             tokenizer_path=_TOKENIZER.value, random_init=_RANDOM_INIT.value)
+  except (FileNotFoundError, ValueError) as e:  # no such step, tokenizer mismatch, ...
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(f"Evaluating {loaded.source}", flush=True)
   model = EvalModel.from_loaded(loaded, _EVAL_CONFIG.value)
   _, paths = runner.run(model, _EVAL_CONFIG.value, _TASK.value, runner.parse_ints(",".join(_SHOTS.value)),

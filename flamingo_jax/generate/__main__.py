@@ -35,7 +35,11 @@ def main(argv):
   n_media = _PROMPT.value.count(tok_lib.MEDIA_TOKEN)
   if n_media != len(_IMAGES.value):
     raise app.UsageError(f"The prompt has {n_media} <image> tokens but {len(_IMAGES.value)} --image files")
-  loaded = load.load_model(_CHECKPOINT.value, step=_STEP.value, tokenizer_path=_TOKENIZER.value)
+  try:
+    loaded = load.load_model(_CHECKPOINT.value, step=_STEP.value, tokenizer_path=_TOKENIZER.value)
+  except (FileNotFoundError, ValueError) as e:  # not a checkpoint, no such step, tokenizer mismatch
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(f"model: {loaded.source}", file=sys.stderr)
   tok, model_cfg = loaded.tokenizer, loaded.config.model
   size = model_cfg.vision.image_size
