@@ -27,6 +27,7 @@ def _prompt(rng):
   return vision, ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["opt", "gpt_neox", "mpt"])
 def test_cached_steps_equal_full_forward(family):
   """Prefill + one extend per token gives the logits a full forward gives at those positions."""
@@ -114,6 +115,7 @@ def test_processors_follow_hf_semantics():
                              processors.no_repeat_ngram(jnp.asarray(scores), jnp.asarray(seqs), 9, 2))
 
 
+@pytest.mark.slow
 def test_a_batch_sharded_over_devices_gives_the_same_tokens():
   """The Sampler puts a batch on the mesh's batch axes and runs inside its logical-axis rules:
   over 8 devices (data parallel) the tokens are those of one device; with parameters and

@@ -6,6 +6,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from configs import tiny
 from flamingo_jax.data import synthetic
@@ -15,6 +16,7 @@ from flamingo_jax.weights import orbax_io
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_generate_cli(tmp_path):
   cfg = tiny.get_config().unlock()
   cfg.tokenizer_path = os.path.join(REPO, cfg.tokenizer_path)

@@ -20,6 +20,7 @@ PYTHON = f"#!{sys.executable}\n" + r"""
 import json, os, sys
 with open(os.path.join(os.environ["FAKE_LOG"], "python3.jsonl"), "a") as f:
   f.write(json.dumps(sys.argv[1:]) + "\n")
+sys.exit(int(os.environ.get("FAKE_PLAN_RC", 0)) if sys.argv[1:3] == ["-m", "flamingo_jax.plan"] else 0)
 """
 USER_ARGS = ["--config.data.laion.shards=gs://bucket/laion/{00000..09999}.tar",
              "--config.checkpoint.base=gs://bucket/a b", "--config.data.mmc4.shards=it's;$HOME"]
@@ -34,20 +35,35 @@ def _fakes(tmp_path):
     (bin_dir / name).chmod(stat.S_IRWXU)
   (home / "flamingo_jax" / "launch" / "setup.sh").write_text("exit 0\n")  # the remote copy
   env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "HOME": str(home),
-         "CONFIG": "configs/of_3b.py:tpu", "WORKDIR": "gs://bucket/of3b", "TPU": "my-v5e", "ZONE": "z"}
+         "CONFIG": "configs/of_3b.py:tpu", "WORKDIR": "gs://bucket/of3b", "TPU": "my-v5e", "ZONE": "z",
+         "TOPOLOGY": "v5e:4x4"}
   return env, log
 
 
-def _train_calls(log):
+def _calls(log, module="flamingo_jax.train"):
   calls = [json.loads(line) for line in (log / "python3.jsonl").read_text().splitlines()]
-  return [c for c in calls if c[:2] == ["-m", "flamingo_jax.train"]]
+  return [c for c in calls if c[:2] == ["-m", module]]
 
 
-def test_tpu_vm_passes_arguments_through_the_remote_shell(tmp_path):
+def _train_calls(log):
+  return _calls(log)
+
+
+def test_tpu_vm_plans_then_passes_arguments_through_the_remote_shell(tmp_path):
   env, log = _fakes(tmp_path)
   subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
+  assert _calls(log, "flamingo_jax.plan") == [["-m", "flamingo_jax.plan", "--config=configs/of_3b.py:tpu",
+                                               "--topology=v5e:4x4", *USER_ARGS]]
   assert _train_calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
                                 "--workdir=gs://bucket/of3b", *USER_ARGS]]
+
+
+def test_tpu_vm_does_not_launch_what_does_not_fit(tmp_path):
+  env, log = _fakes(tmp_path)
+  out = subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env={**env, "FAKE_PLAN_RC": "1"},
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 1 and "not launching" in out.stderr
+  assert not (log / "gcloud.txt").exists() and not _train_calls(log)
 
 
 def test_gpu_host_passes_arguments_through(tmp_path):

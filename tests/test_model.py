@@ -93,6 +93,7 @@ def test_4b_keeps_special_rows_frozen():
   assert "special_embeddings" not in shapes.abstract_variables(of_4b.get_config().model)["params"]
 
 
+@pytest.mark.slow
 def test_bf16_compute_and_remat_run_and_stay_close():
   cfg = tiny.get_config().unlock()
   variables = _open_gates(shapes.init_variables(cfg.model, jax.random.PRNGKey(1)))
@@ -108,6 +109,7 @@ def test_bf16_compute_and_remat_run_and_stay_close():
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
 
 
+@pytest.mark.slow
 def test_video_frames_with_frame_and_media_time_embeddings():
   cfg = tiny.get_config().unlock()
   cfg.model.perceiver.update(max_num_frames=4, max_num_media=3)

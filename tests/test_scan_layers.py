@@ -35,6 +35,7 @@ def test_layout_round_trip_and_shapes(setup):
   rules.check_collections(abstract)
 
 
+@pytest.mark.slow
 def test_forward_and_gradients_match(setup):
   cfg, unrolled, scan_cfg, scanned = setup
   vision, ids, mask = ref.sample_batch(np.random.default_rng(0))

@@ -34,7 +34,8 @@ def plan(data_cfg: ml_collections.ConfigDict, iterators: dict[str, grain.Dataset
   """{dataset: (groups, per_group) or None (no packing)}; `groups` = data x fsdp devices.
 
   `recorded`: the sizes a resumed run derived when it started (`resolved`), used instead of
-  deriving again, so that a resumed run compiles the same step."""
+  deriving again, so that a resumed run compiles the same step. A size to derive for a dataset
+  missing from `iterators` is every slot."""
   out = {}
   for name in batch_lib.DATASETS:
     slots = batch_lib.image_slots(name, data_cfg)
@@ -43,7 +44,9 @@ def plan(data_cfg: ml_collections.ConfigDict, iterators: dict[str, grain.Dataset
     if size < 0 or slots == 1 or data_cfg[name].batch_size % groups:
       out[name] = None
       continue
-    if size == 0:
+    if size == 0 and name not in iterators:  # no data to derive it from (planning): every slot
+      per_group = rows * slots
+    elif size == 0:
       per_group = min(rows * slots, math.ceil(1.25 * _most_real(iterators[name], groups // process_count)))
     elif size % groups:
       raise ValueError(f"data.{name}.image_buffer={size} is not a multiple of the {groups} data x "

@@ -23,13 +23,14 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from flamingo_jax import paths
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, step as step_lib
+from flamingo_jax.train import state as state_lib
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
 from flamingo_jax.weights import load
@@ -106,8 +107,9 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
                                                process_count=jax.process_count())
   variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
+  shardings = state_lib.state_shardings(variables["params"], tx, mesh)
   with mesh, nn.logical_axis_rules(rule_set):
-    state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
+    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(variables["params"])
   ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
   start = ckpt.latest_step()
   if start is not None:  # The model state and the data positions it belongs to, together.
@@ -126,9 +128,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
     if p:
       print(f"{name}: the vision tower runs on {p[0] * p[1]} images per batch (data.{name}.image_buffer; "
             f"{cfg.data[name].batch_size * batch_lib.image_slots(name, cfg.data)} slots)", flush=True)
-  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step_fn = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite, packing), donate_argnums=0,
-                    out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
+  step_fn = step_lib.jit_train_step(cfg, mesh, shardings, non_finite, packing)
   return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, skips, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
                   non_finite, packing)
@@ -175,16 +175,18 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   tokens = sum(data[n].batch_size * data[n].max_tokens for n in batch_lib.DATASETS)
   history, throughput, t0, step, pending = [], None, time.time(), run.start_step, None
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
+  watch = step_lib.RecompileWatch(run.step_fn)
   with run.context():
     while step < cfg.train.num_steps:
       waiting = time.perf_counter()
       batches = next_batches(run)
       waited = time.perf_counter() - waiting
       if throughput is None:
-        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, batches, run.packing),
+        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total,
                                         start_step=step)
       throughput.waited_for_input(waited)
       new_state, m = run.step_fn(run.state, run.frozen, batches)
+      watch(step + 1, {"state": run.state, "frozen": run.frozen, "batches": batches})
       if pending:  # the previous step, which has finished or nearly
         history += _finish_step(run, *pending, throughput, t0)
       step += 1

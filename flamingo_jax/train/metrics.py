@@ -6,14 +6,15 @@ import time
 import jax
 import numpy as np
 
-# Peak dense bf16 FLOP/s per chip, for MFU (fp32 on CPU is only a rough reference).
-PEAK_FLOPS = {"tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v4": 275e12, "tpu v5p": 459e12,
-              "tpu v6 lite": 918e12, "nvidia h100": 989e12, "nvidia a100": 312e12}
+from flamingo_jax import chips
+from flamingo_jax.data import batch as batch_lib
+from flamingo_jax.models import flops as flops_lib
 
 
 def peak_flops_per_device() -> float | None:
-  kind = jax.devices()[0].device_kind.lower()
-  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+  """Peak dense bf16 FLOP/s of this job's chips (flamingo_jax/chips.py); None on a CPU."""
+  chip = chips.chip_of(jax.devices()[0].device_kind)
+  return chip and chip.peak_flops
 
 
 def make_writer(workdir: str):
@@ -63,19 +64,11 @@ class Throughput:
     return out
 
 
-def program_flops(jitted, *args) -> float | None:
-  """FLOPs of `jitted(*args)`: XLA's cost analysis of the lowered program, or the matrix-product
-  FLOPs counted in its jaxpr where that is larger. The GPU backend counts no FLOPs for the dots
-  it hands to cuBLAS (H100: 0 lowered, a small fraction compiled), so MFU would go missing there."""
-  traced = jitted.trace(*args)
-  cost = traced.lower().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return max((cost or {}).get("flops") or 0.0, jaxpr_matmul_flops(traced.jaxpr)) or None
-
-
 def jaxpr_matmul_flops(jaxpr) -> float:
   """2·M·N·K summed over every dot_general and convolution in `jaxpr` (a ClosedJaxpr or Jaxpr),
-  scan bodies counted once per iteration, the costliest branch of a cond, a while body once."""
+  scan bodies counted once per iteration, the costliest branch of a cond, a while body once: the
+  matrix products a program executes, recomputation under remat included (models/flops.py
+  counts the model's, without it)."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
@@ -98,23 +91,22 @@ def jaxpr_matmul_flops(jaxpr) -> float:
   return total
 
 
-def step_flops(cfg, batches, packing=None) -> float | None:
-  """FLOPs of one training step, from XLA's cost analysis of the step lowered with the layers
-  unrolled: a scanned stack would be counted once, not once per group."""
-  from flamingo_jax.models import shapes  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.train import optimizer, step as step_lib  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  cfg = cfg.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.model.scan_layers = False
-  abstract = nn.unbox(shapes.abstract_variables(cfg.model))
-  tx = optimizer.make_optimizer(cfg.optim)
-  state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
-  as_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-  batches = jax.tree_util.tree_map(as_struct, batches)
-  return program_flops(jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, packing=packing)), state,
-                       abstract["frozen"], batches)
+def batch_sizes(cfg, packing: dict | None = None) -> dict[str, tuple[int, int, int, int]]:
+  """{dataset: (rows, image slots per row, images the vision tower encodes, tokens per row)} of
+  one step at the config's batch sizes; `packing` ({dataset: (groups, per_group) or None}) as
+  the step runs it (a packed tower encodes its buffer and one blank image)."""
+  packing = packing or {}
+  out = {}
+  for name in batch_lib.DATASETS:
+    rows, slots = cfg.data[name].batch_size, batch_lib.image_slots(name, cfg.data)
+    p = packing.get(name)
+    out[name] = (rows, slots, p[0] * p[1] + 1 if p else rows * slots, cfg.data[name].max_tokens)
+  return out
+
+
+def step_flops(cfg, packing: dict | None = None) -> flops_lib.Flops:
+  """Model FLOPs of one training step (models/flops.py), as `batch_sizes` describes it."""
+  return flops_lib.step_flops(cfg.model, batch_sizes(cfg, packing))
 
 
 def progress_hooks(cfg, workdir: str, writer) -> list:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flamingo_jax.data import image_preprocess
 from flamingo_jax.data.batch import DATASETS
@@ -136,6 +137,58 @@ def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collecti
     return new, metrics
 
   return train_step
+
+
+def jit_train_step(cfg: ml_collections.ConfigDict, mesh: Mesh, state_shardings: TrainState,
+                   non_finite: NonFinitePolicy | None = None,
+                   packing: dict[str, tuple[int, int] | None] | None = None) -> Callable:
+  """The step exactly as a run compiles it (train/loop.setup, and the planner before a job):
+  the state donated and kept where `state_shardings` put it, the metrics replicated."""
+  return jax.jit(make_train_step(cfg.model, cfg.optim, non_finite, packing), donate_argnums=0,
+                 out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())))
+
+
+class RecompileWatch:
+  """Warns, naming what changed, when a jitted step compiles again after its first call: a run
+  should compile its step once, and a changed shape, dtype or sharding silently costs a compile
+  (minutes at scale) each time it happens.
+
+    watch = RecompileWatch(step_fn)
+    new_state, m = step_fn(state, frozen, batches)
+    watch(step, {"state": state, "frozen": frozen, "batches": batches})  # after each call
+  """
+
+  def __init__(self, fn: Callable):
+    self._fn, self._first, self._programs = fn, None, 0
+    self.warnings: list[str] = []
+
+  def __call__(self, step: int, args: Any) -> None:
+    programs = getattr(self._fn, "_cache_size", lambda: 0)()
+    if self._first is None:
+      self._first, self._programs = _signature(args), programs
+      return
+    if programs <= self._programs:
+      return
+    self._programs = programs
+    now = _signature(args)
+    changed = [f"{k}: {self._first.get(k)} -> {v}" for k, v in now.items() if self._first.get(k) != v]
+    changed += [f"{k}: gone" for k in self._first if k not in now]
+    message = (f"step {step}: the train step compiled again ({programs} programs so far); the arguments "
+               f"differ from the first step's in " + ("; ".join(changed[:5]) or "nothing visible (a "
+                                                        "static argument or a jax setting changed)"))
+    self.warnings.append(message)
+    print(f"warning: {message}", flush=True)
+
+
+def _signature(args: Any) -> dict[str, str]:
+  """{path: "shape dtype sharding"} of every array in `args` (deleted, donated arrays too)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(args):
+    sharding = getattr(leaf, "sharding", None)
+    spec = getattr(sharding, "spec", sharding)
+    weak = " weak" if getattr(leaf, "weak_type", False) else ""
+    out[jax.tree_util.keystr(path)] = f"{tuple(leaf.shape)} {leaf.dtype}{weak} {spec}"
+  return out
 
 
 def make_eval_loss(model_cfg: ml_collections.ConfigDict) -> Callable:

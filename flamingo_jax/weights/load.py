@@ -154,11 +154,25 @@ def cast(variables: Any, model_cfg: ml_collections.ConfigDict) -> dict:
 def place(variables: Any, model_cfg: ml_collections.ConfigDict, mesh: Mesh, rule_set) -> dict:
   """Variables (host or device, either dtype) cast to the config's dtypes and put on the mesh by
   its logical-axis rules."""
-  shardings = nn.unbox(rules.variable_shardings(shapes.abstract_variables(model_cfg), mesh, rule_set))
+  shardings = variable_shardings(model_cfg, mesh, rule_set)
   variables = cast(jax.device_get(variables), model_cfg)
   variables = jax.device_put({c: variables[c] for c in shardings}, shardings)
   rules.check_collections(variables)
   return variables
+
+
+def variable_shardings(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rule_set) -> dict:
+  """{collection: tree of NamedShardings}: where `place` puts each variable."""
+  return nn.unbox(rules.variable_shardings(shapes.abstract_variables(model_cfg), mesh, rule_set))
+
+
+def abstract_variables(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rule_set) -> dict:
+  """What `place` would put on the mesh, as shapes only (ShapeDtypeStructs with the config's
+  dtypes and shardings): planning a job allocates nothing."""
+  shardings, want = variable_shardings(model_cfg, mesh, rule_set), dtypes(model_cfg)
+  abstract = nn.unbox(shapes.abstract_variables(model_cfg))
+  return {c: jax.tree_util.tree_map(lambda a, s, d=want[c]: jax.ShapeDtypeStruct(a.shape, d, sharding=s),
+                                    abstract[c], shardings[c]) for c in shardings}
 
 
 def init_variables(cfg: ml_collections.ConfigDict, mesh: Mesh, rule_set) -> dict:

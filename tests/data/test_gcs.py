@@ -32,6 +32,7 @@ def _on_gcs(cfg):
   return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_gcs_shards_give_the_local_batches(gcs, make_cfg, tok, workers):
   local = pipeline.first_batches(pipeline.make_train_iterators(make_cfg(), tok)[0], 2)

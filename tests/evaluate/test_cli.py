@@ -6,6 +6,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import pytest
 
 from flamingo_jax.models import shapes
 from flamingo_jax.weights import orbax_io
@@ -18,6 +19,7 @@ def _run(args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_evaluates_a_base_checkpoint(tiny_cfg, eval_data, tmp_path, serve_gcs):
   """On a base checkpoint in a gs:// bucket (the local GCS emulator)."""
   os.makedirs(tmp_path / "gcs" / "bucket")

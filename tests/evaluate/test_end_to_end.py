@@ -31,6 +31,7 @@ def _oracle_vqa_accuracy(out_dir, task, shots, data_cfg):
   return compute_vqa_accuracy(path, data_cfg.test_questions, data_cfg.test_annotations)
 
 
+@pytest.mark.slow
 def test_every_task_end_to_end(tiny_model, eval_cfg, tmp_path):
   out = str(tmp_path)
   results, paths = runner.run(tiny_model, eval_cfg, ALL_TASKS, [2], out, "of_9b")

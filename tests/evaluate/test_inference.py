@@ -55,6 +55,7 @@ def _forward(cfg_json):
   return jax.jit(lambda v, x, ids, mask: jax.nn.log_softmax(model.apply(v, x, ids, mask), axis=-1))
 
 
+@pytest.mark.slow
 def test_class_scores_are_per_row_log_likelihoods(tiny_model, eval_data):
   """Cached and uncached scoring agree with an unpadded single-row forward: padding and batch
   neighbours change nothing (the reference's cached path lets class tokens see left padding)."""

@@ -24,6 +24,7 @@ from flamingo_jax.weights import load
 from tests.train.test_train import REPO, _cfg
 
 PROCESSES = 2
+pytestmark = pytest.mark.slow  # two processes, two cores: minutes
 
 
 def _free_port() -> int:
@@ -64,17 +65,17 @@ def _step_lines(out: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def straight_run(shards, tmp_path_factory):
-  """An uninterrupted two-process run of 40 steps, checkpointed every 10."""
+  """An uninterrupted two-process run of 20 steps, checkpointed every 10."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  outs = _finish(_launch(shards, workdir, num_steps=40, every_steps=10))
+  outs = _finish(_launch(shards, workdir, num_steps=20, every_steps=10))
   return workdir, outs
 
 
 def test_two_processes_train_as_one_job(straight_run):
   workdir, outs = straight_run
   lines = [_step_lines(out) for out in outs]
-  assert len(lines[0]) == 40 and lines[0] == lines[1]  # Every host sees the same global loss.
-  step_dir = checkpoint.Checkpointer(workdir, 10).directory / "40"
+  assert len(lines[0]) == 20 and lines[0] == lines[1]  # Every host sees the same global loss.
+  step_dir = checkpoint.Checkpointer(workdir, 10).directory / "20"
   for name in pipeline.DATASETS:
     # Each host reads its own part of the data, so each has its own position in it.
     files = sorted(p.name for p in (step_dir / checkpoint.data_item(name)).glob("process_*.json"))
@@ -100,7 +101,7 @@ def test_preempted_two_process_run_resumes_exactly(shards, straight_run, tmp_pat
   resumed = metrics.read_scalars(str(workdir))["loss"]
   assert sorted(resumed) == list(range(11, saved[0] + 1))
   common = [s for s in resumed if s in expected]
-  assert common == list(range(11, 41)) or common == list(range(11, saved[0] + 1))
+  assert common == list(range(11, 21)) or common == list(range(11, saved[0] + 1))
   np.testing.assert_array_equal([resumed[s] for s in common], [expected[s] for s in common])
 
 
@@ -114,5 +115,5 @@ def test_restoring_with_another_process_count_names_the_problem(shards, straight
   ckpt = checkpoint.Checkpointer(workdir, 10, data_names=tuple(iters))
   assert jax.process_count() == 1
   with pytest.raises(ValueError, match="different number of processes"):
-    ckpt.restore(40, checkpoint.abstract_like(state), iters)
+    ckpt.restore(20, checkpoint.abstract_like(state), iters)
   ckpt.close()

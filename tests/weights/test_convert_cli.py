@@ -10,6 +10,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -55,6 +56,7 @@ def test_help_explains_both_directions():
   assert usage.returncode != 0 and "--config" in usage.stderr and "--lm_dir" in usage.stderr
 
 
+@pytest.mark.slow
 def test_import_then_export_then_errors(tmp_path):
   cfg = tiny.get_config()
   released = _write_inputs(tmp_path, cfg)

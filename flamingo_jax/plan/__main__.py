@@ -1,0 +1,151 @@
+"""Plans a training job before it is paid for: compiles the train step `train` would run, ahead
+of time, for a TPU topology (from any machine, no TPU needed) or for this machine's devices,
+and reports per chip whether it fits, its FLOPs, a step-time lower bound and the MFU ceiling.
+
+  python -m flamingo_jax.plan --config=configs/of_9b.py:tpu --topology=v5e:8x8
+  python -m flamingo_jax.plan --config=configs/of_3b.py:gpu --topology=local --json
+  python -m flamingo_jax.plan --config=configs/of_9b.py:tpu --topology=v5e:8x8 --search
+
+`--config.…` overrides apply as in `train`. TPU topologies need the TPU compiler:
+`pip install "jax[tpu]==<installed jax>"`. Exit status 1 when the step does not fit.
+
+What the numbers mean (per chip unless said):
+  memory      arguments (params, optimizer state, frozen weights, batch shards) + outputs not
+              aliased to the donated state + temporaries (activations, gradients) + code,
+              against the chip's HBM (flamingo_jax/chips.py).
+  FLOPs       model: every matrix product of the model, forward and backward (models/flops.py),
+              the numerator of MFU; executed: what the program runs, remat recomputation too.
+              XLA's own count is shown, but it counts a scanned layer stack once.
+  step time   a lower bound: max(executed FLOPs / peak FLOP/s, bytes / HBM bandwidth), where
+              bytes is the larger of XLA's bytes accessed and arguments + outputs. Collectives
+              and imperfect overlap only add to it; real MFU is below the ceiling it implies.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally file.py:arg).",
+                                          lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "'local' or a TPU topology, e.g. v5e:4x4, v5p:2x2x2.")
+_JSON = flags.DEFINE_bool("json", False, "Print the plan (or the search's plans) as JSON.")
+_SEARCH = flags.DEFINE_bool("search", False, "Plan a grid of settings and rank what fits.")
+_BATCHES = flags.DEFINE_list("search_batch", ["1", "2", "4", "8"], "MMC4 rows per data x fsdp chip.")
+_REMAT = flags.DEFINE_list("search_remat", ["none", "dots_with_no_batch_dims_saveable", "full"],
+                           "Remat policies to try.")
+_TENSOR = flags.DEFINE_list("search_tensor", ["1", "2", "4"], "Tensor-parallel sizes to try.")
+_SCAN = flags.DEFINE_list("search_scan", ["true", "false"], "scan_layers settings to try.")
+_HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Memory per chip, GiB (default: the chip's).")
+_CACHE = flags.DEFINE_string("compilation_cache", "~/.cache/flamingo_jax/xla",
+                             "Persistent compilation cache ('' for none).")
+flags.mark_flags_as_required(["config", "topology"])
+
+GIB = 2 ** 30
+
+
+def size(n: float) -> str:
+  """Bytes for a person: GiB, or MiB below one GiB."""
+  return f"{n / GIB:.2f} GiB" if abs(n) >= GIB else f"{n / 2 ** 20:.1f} MiB"
+
+
+def report(plan, title: str) -> list[str]:
+  """The plan as lines for a person."""
+  chip = plan.chip
+  hbm = f", {plan.hbm_bytes / GIB:.1f} GiB each" if plan.hbm_bytes else ""
+  lines = [f"{title} on {plan.topology}: {plan.chips} x {chip.name if chip else 'device'}{hbm}; "
+           f"mesh {' '.join(f'{k}={v}' for k, v in plan.mesh.items())}"]
+  lines.append("batch: " + "; ".join(f"{n} {b['rows']} rows x {b['tokens']} tokens, {b['encoded_images']} "
+                                     f"of {b['rows'] * b['slots']} image slots encoded"
+                                     for n, b in plan.batches.items()))
+  lines += _memory_lines(plan)
+  parts = ", ".join(f"{k} {v:.2e}" for k, v in plan.model_flops_by_part.items())
+  lines.append(f"FLOPs per step: model {plan.model_flops:.3e} ({parts}); executed {plan.executed_flops:.3e}")
+  if plan.xla_flops_per_chip:
+    lines.append(f"XLA per chip: {plan.xla_flops_per_chip:.3e} FLOPs, {plan.xla_bytes_per_chip:.3e} bytes "
+                 "accessed (a scanned layer stack counted once)")
+  if plan.step_time_s:
+    bound = "compute" if plan.compute_s >= plan.memory_s else "memory"
+    lines.append(f"step time >= {plan.step_time_s * 1e3:.3g} ms ({bound}-bound: compute {plan.compute_s * 1e3:.3g} ms "
+                 f"at {chip.peak_flops / 1e12:.0f} TFLOP/s, memory {plan.memory_s * 1e3:.3g} ms at "
+                 f"{chip.hbm_bandwidth / 1e9:.0f} GB/s); samples/s <= {plan.to_json()['samples_per_s']:.4g}; "
+                 f"MFU ceiling {plan.mfu_ceiling:.1%}")
+  lines.append(f"compiled in {plan.compile_s:.1f} s")
+  return lines
+
+
+def _memory_lines(plan) -> list[str]:
+  if plan.xla_error:
+    return ["DOES NOT FIT: the compiler ran out of memory:", *("  " + l for l in plan.xla_error.splitlines()),
+            *_largest(plan)]
+  lines = [f"memory per chip: {size(plan.total_bytes)} = arguments {size(plan.argument_bytes)} + outputs "
+           f"{size(plan.output_bytes)} - aliased to donated inputs {size(plan.alias_bytes)} + temporaries "
+           f"{size(plan.temp_bytes)} + code {size(plan.code_bytes)}"]
+  if plan.fits is None:
+    return lines + ["fit unknown: this device's memory is not in flamingo_jax/chips.py (pass --hbm_gib)"]
+  margin = plan.hbm_bytes - plan.total_bytes
+  if plan.fits:
+    return lines + [f"FITS with {size(margin)} ({margin / plan.hbm_bytes:.0%}) to spare"]
+  return lines + [f"DOES NOT FIT: {size(-margin)} over {size(plan.hbm_bytes)}", *_largest(plan)]
+
+
+def _largest(plan) -> list[str]:
+  return ["largest arguments per chip: " + ", ".join(f"{p} {size(b)}" for p, b in plan.largest)]
+
+
+def search_table(plans, title: str) -> list[str]:
+  """The ranked plans that fit, and the overrides that launch the best."""
+  from flamingo_jax.plan import search  # pylint: disable=g-import-not-at-top
+  best = search.ranked(plans)
+  if not best:
+    return [f"{title}: nothing in the grid fits"]
+  head = f"{'#':>2} {'mmc4/laion':>10} {'mesh d,f,t':>10} {'remat':>32} {'scan':>5} {'GiB':>6} {'step ms':>8} {'samples/s':>9} {'MFU max':>7}"
+  lines = [f"{title}: {len(best)} of {len(plans)} planned settings fit, fastest first", head]
+  for i, p in enumerate(best, 1):
+    o, j = p.overrides, p.to_json()
+    step = f"{p.step_time_s * 1e3:8.1f}" if p.step_time_s else f"{'?':>8}"
+    rate = f"{j['samples_per_s']:9.1f}" if j["samples_per_s"] else f"{'?':>9}"
+    mfu = f"{p.mfu_ceiling:7.1%}" if p.mfu_ceiling else f"{'?':>7}"
+    lines.append(f"{i:>2} {o['data.mmc4.batch_size']:>4}/{o['data.laion.batch_size']:<5} "
+                 f"{o['mesh.data']:>3},{o['mesh.fsdp']},{o['mesh.tensor']:<3} {o['model.remat_policy']:>32} "
+                 f"{str(o['model.scan_layers']):>5} {p.total_bytes / GIB:6.2f} {step} {rate} {mfu}")
+  lines.append("launch the best with: " + " ".join(f"--config.{k}={v}" for k, v in best[0].overrides.items()))
+  return lines
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  if _TOPOLOGY.value != "local":  # compile for the TPU here; never start a local accelerator
+    jax.config.update("jax_platforms", "cpu")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's start-up
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no chip to share
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  from flamingo_jax.plan import core, search  # pylint: disable=g-import-not-at-top
+  cfg, title = _CONFIG.value, flags.FLAGS["config"].config_filename
+  hbm = _HBM_GIB.value and _HBM_GIB.value * GIB
+  try:
+    devices, chip = core.target_devices(_TOPOLOGY.value)
+    if _SEARCH.value:
+      grid = search.Grid([int(b) for b in _BATCHES.value], _REMAT.value, [int(t) for t in _TENSOR.value],
+                         [s.lower() in ("1", "true", "yes") for s in _SCAN.value])
+      plans = search.search(cfg, _TOPOLOGY.value, devices, chip, grid, hbm,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+      print(json.dumps([p.to_json() for p in plans], indent=1, default=str) if _JSON.value
+            else "\n".join(search_table(plans, title)))
+      return 0 if search.ranked(plans) else 1
+    plan = core.make_plan(cfg, _TOPOLOGY.value, devices, chip, hbm)
+  except core.PlanError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(plan.to_json(), indent=1, default=str) if _JSON.value else "\n".join(report(plan, title)))
+  return 1 if plan.fits is False else 0
+
+
+if __name__ == "__main__":
+  app.run(main)

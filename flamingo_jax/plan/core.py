@@ -1,0 +1,218 @@
+"""One plan: the training step `train` would run, compiled ahead of time for a target, and what
+its compiled program says about memory, FLOPs and time per chip.
+
+Nothing is allocated: variables, optimizer state and batches are ShapeDtypeStructs carrying the
+shardings a real run gives them (weights/load.abstract_variables, train/state.state_shardings,
+data/batch.batch_shapes), and the step is the one `train/step.jit_train_step` builds for
+train/loop.setup.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from flamingo_jax import chips as chips_lib
+from flamingo_jax.data import batch as batch_lib
+from flamingo_jax.models import flops as flops_lib, rules
+from flamingo_jax.train import image_buffers, metrics, optimizer, state as state_lib, step as step_lib
+from flamingo_jax.weights import load
+
+TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
+
+
+class PlanError(ValueError):
+  """A plan that cannot be made (bad topology, impossible mesh): one line for the user."""
+
+
+def target_devices(topology: str) -> tuple[list, chips_lib.Chip | None]:
+  """The devices of `topology` ('local', or a TPU topology such as 'v5e:4x4', 'v5p:2x2x2') and
+  their chip's facts. TPU devices are abstract: they compile, they do not run."""
+  if topology == "local":
+    devices = jax.devices()
+    return devices, chips_lib.chip_of(devices[0].device_kind)
+  generation, _, shape = topology.partition(":")
+  if generation not in TPU_GENERATIONS or not re.fullmatch(r"\d+(x\d+){1,2}", shape):
+    raise PlanError(f"--topology={topology!r}: expected 'local' or <generation>:<chips per axis> with "
+                    f"generation one of {', '.join(TPU_GENERATIONS)}, e.g. v5e:4x4, v6e:2x4, v5p:2x2x2")
+  try:
+    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise PlanError(f"--topology={topology}: the TPU compiler is not installed; "
+                    f'pip install "jax[tpu]=={jax.__version__}" (no TPU needed)') from None
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  except Exception as e:  # libtpu's own message names what is wrong with the shape
+    raise PlanError(f"--topology={topology}: not a {generation} topology libtpu knows "
+                    f"({str(e).splitlines()[0][:200]})") from None
+  return list(devices), chips_lib.CHIPS[generation]
+
+
+@dataclasses.dataclass
+class Plan:
+  """What one compiled step costs per chip. Bytes are per chip; FLOPs per step (all chips)."""
+  topology: str
+  chip: chips_lib.Chip | None
+  chips: int
+  mesh: dict[str, int]
+  batches: dict[str, dict[str, int]]  # {dataset: rows, slots, encoded images, tokens}
+  overrides: dict[str, Any]
+  fits: bool | None = None  # None: the chip's memory is unknown (a CPU)
+  hbm_bytes: float | None = None
+  argument_bytes: int = 0
+  output_bytes: int = 0
+  alias_bytes: int = 0
+  temp_bytes: int = 0
+  code_bytes: int = 0
+  largest: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+  xla_error: str = ""
+  model_flops: float = 0.0  # models/flops.py: the model's matrix products, no recomputation
+  model_flops_by_part: dict[str, float] = dataclasses.field(default_factory=dict)
+  executed_flops: float = 0.0  # every matrix product the program runs (remat recomputation too)
+  xla_flops_per_chip: float = 0.0  # XLA's count of the compiled program (a scanned body once)
+  xla_bytes_per_chip: float = 0.0
+  compute_s: float | None = None
+  memory_s: float | None = None
+  compile_s: float = 0.0
+
+  @property
+  def total_bytes(self) -> int:
+    """Peak per-chip HBM the program needs: its arguments, outputs not aliased to a donated
+    argument, temporaries and code."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+  @property
+  def step_time_s(self) -> float | None:
+    """A lower bound: the chip cannot do its share of the FLOPs, or move its bytes, faster."""
+    if self.compute_s is None:
+      return None
+    return max(self.compute_s, self.memory_s)
+
+  @property
+  def samples_per_step(self) -> int:
+    return sum(b["rows"] for b in self.batches.values())
+
+  @property
+  def mfu_ceiling(self) -> float | None:
+    """The model FLOPs utilisation a step at the lower bound would reach."""
+    if not self.step_time_s:
+      return None
+    return self.model_flops / self.step_time_s / (self.chips * self.chip.peak_flops)
+
+  def to_json(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    for name in ("total_bytes", "step_time_s", "samples_per_step", "mfu_ceiling"):
+      out[name] = getattr(self, name)
+    out["samples_per_s"] = self.step_time_s and self.samples_per_step / self.step_time_s
+    return out
+
+
+def abstract_step(cfg: ml_collections.ConfigDict, mesh) -> tuple[Any, tuple, dict]:
+  """(the jitted step, its abstract arguments, packing) for `cfg` on `mesh`. An image buffer to
+  derive from the data (`image_buffer=0`) is planned at every slot, its largest size."""
+  rule_set = rules.logical_rules(cfg)
+  variables = load.abstract_variables(cfg.model, mesh, rule_set)
+  tx = optimizer.make_optimizer(cfg.optim)
+  shardings = state_lib.state_shardings(variables["params"], tx, mesh)
+  state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                 jax.eval_shape(lambda p: state_lib.TrainState.create(p, tx), variables["params"]),
+                                 shardings)
+  packing = image_buffers.plan(cfg.data, {}, mesh.shape["data"] * mesh.shape["fsdp"])
+  batches = {name: {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rules.batch_sharding(mesh, len(shape)))
+                    for k, (shape, dtype) in batch_lib.batch_shapes(name, cfg.data).items()}
+             for name in batch_lib.DATASETS}
+  step = step_lib.jit_train_step(cfg, mesh, shardings, step_lib.NonFinitePolicy.from_config(cfg.train), packing)
+  return step, (state, variables["frozen"], batches), packing
+
+
+def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence | None = None,
+              chip: chips_lib.Chip | None = None, hbm_bytes: float | None = None,
+              overrides: dict[str, Any] | None = None) -> Plan:
+  """Compiles `cfg`'s train step for `topology` and measures it (see `Plan`)."""
+  if devices is None:
+    devices, chip = target_devices(topology)
+  try:
+    mesh = rules.make_mesh(cfg.mesh, devices)
+    _check_batches(cfg, mesh)
+  except ValueError as e:
+    raise PlanError(f"{topology} ({len(devices)} chips): {e}") from None
+  step, args, packing = abstract_step(cfg, mesh)
+  sizes = metrics.batch_sizes(cfg, packing)
+  plan = Plan(topology, chip, len(devices), dict(mesh.shape),
+              {n: dict(zip(("rows", "slots", "encoded_images", "tokens"), s)) for n, s in sizes.items()},
+              dict(overrides or {}), hbm_bytes=hbm_bytes or (chip and chip.hbm_bytes))
+  counts = metrics.step_flops(cfg, packing)
+  plan.model_flops = counts.total
+  plan.model_flops_by_part = {part: counts.forward[part] + counts.backward[part] for part in flops_lib.PARTS}
+  start = time.perf_counter()
+  with mesh, nn.logical_axis_rules(rules.logical_rules(cfg)):
+    traced = step.trace(*args)
+    plan.executed_flops = metrics.jaxpr_matmul_flops(traced.jaxpr)
+    try:
+      compiled = traced.lower().compile()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _out_of_memory(e):
+        raise
+      plan.compile_s, plan.fits, plan.xla_error = time.perf_counter() - start, False, _first_lines(e)
+      plan.largest = largest_arguments(args)
+      return plan
+  plan.compile_s = time.perf_counter() - start
+  _measure(plan, compiled, args, chip)
+  return plan
+
+
+def _check_batches(cfg: ml_collections.ConfigDict, mesh) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name in batch_lib.DATASETS:
+    if cfg.data[name].batch_size % shards:
+      raise ValueError(f"data.{name}.batch_size={cfg.data[name].batch_size} does not divide over the "
+                       f"{shards} data x fsdp devices of mesh {dict(mesh.shape)}")
+
+
+def _measure(plan: Plan, compiled, args, chip: chips_lib.Chip | None) -> None:
+  """Memory, XLA's costs and the time bounds of a compiled step."""
+  mem = compiled.memory_analysis()
+  plan.argument_bytes, plan.output_bytes = mem.argument_size_in_bytes, mem.output_size_in_bytes
+  plan.alias_bytes, plan.temp_bytes = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+  plan.code_bytes = mem.generated_code_size_in_bytes
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  plan.xla_flops_per_chip = float(cost.get("flops", 0.0))
+  plan.xla_bytes_per_chip = float(cost.get("bytes accessed", 0.0))
+  if plan.hbm_bytes:
+    plan.fits = plan.total_bytes <= plan.hbm_bytes
+    if not plan.fits:
+      plan.largest = largest_arguments(args)
+  if chip is not None:
+    plan.compute_s = plan.executed_flops / plan.chips / chip.peak_flops
+    # Every argument is read and every output written at least once; XLA's count (a scanned
+    # body once) is a lower bound too.
+    moved = max(plan.xla_bytes_per_chip, plan.argument_bytes + plan.output_bytes)
+    plan.memory_s = moved / chip.hbm_bandwidth
+
+
+def largest_arguments(args, n: int = 8) -> list[tuple[str, int]]:
+  """The `n` largest per-chip shards among the step's arguments: (path, bytes)."""
+  sizes = []
+  named = dict(zip(("state", "frozen", "batch"), args))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(named):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    sizes.append((rules.path_str(path), int(math.prod(shard)) * np.dtype(leaf.dtype).itemsize))
+  return sorted(sizes, key=lambda s: -s[1])[:n]
+
+
+def _out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text.lower()
+
+
+def _first_lines(error: Exception, n: int = 12) -> str:
+  return "\n".join(line for line in str(error).splitlines()[:n] if line.strip())

@@ -1,0 +1,92 @@
+"""`--search`: plans a grid of settings (per-chip batch, remat policy, fsdp vs tensor split, scan)
+and ranks what fits by its predicted samples/s.
+
+Memory grows with the batch, so for each (split, remat, scan) the batches are tried from the
+smallest up and the first that does not fit ends that column: a grid of B batches costs at most
+B compiles per column, usually fewer. Compiles are cached (the persistent compilation cache),
+so a second search over the same grid is quick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from typing import Any, Sequence
+
+import ml_collections
+
+from flamingo_jax import chips as chips_lib
+from flamingo_jax.plan.core import Plan, PlanError, make_plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """The settings to try. `batches`: MMC4 rows per data x fsdp device (LAION's follow in the
+  config's LAION:MMC4 ratio); `tensor`: tensor-parallel sizes (fsdp takes the other chips)."""
+  batches: Sequence[int] = (1, 2, 4, 8)
+  remat: Sequence[str] = ("none", "dots_with_no_batch_dims_saveable", "full")
+  tensor: Sequence[int] = (1, 2, 4)
+  scan: Sequence[bool] = (True, False)
+
+
+def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, tensor: int, remat: str,
+                    scan: bool) -> dict[str, Any]:
+  """The `--config.…` overrides of one grid point (data=1: every other chip shards by fsdp)."""
+  shards = chips // tensor
+  ratio = cfg.data.laion.batch_size / cfg.data.mmc4.batch_size
+  return {"data.mmc4.batch_size": per_chip * shards,
+          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards,
+          "mesh.data": 1, "mesh.fsdp": shards, "mesh.tensor": tensor,
+          "model.remat_policy": remat, "model.scan_layers": scan}
+
+
+def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `cfg` with dotted-path overrides applied, as `--config.a.b=v` would."""
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    for path, value in overrides.items():
+      *parents, leaf = path.split(".")
+      node = cfg
+      for key in parents:
+        node = node[key]
+      node[leaf] = value
+  return cfg
+
+
+def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: chips_lib.Chip | None,
+           grid: Grid, hbm_bytes: float | None = None, log=print) -> list[Plan]:
+  """Every plan made over `grid` (fitting or not), in the order made; progress lines to `log`."""
+  columns = [(t, r, s) for t, r, s in itertools.product(grid.tensor, grid.remat, grid.scan)
+             if len(devices) % t == 0]
+  if not columns:
+    raise PlanError(f"--search_tensor={','.join(map(str, grid.tensor))}: none divides {len(devices)} chips")
+  plans, start, total = [], time.perf_counter(), len(columns) * len(grid.batches)
+  for n, (tensor, remat, scan) in enumerate(columns):
+    for per_chip in sorted(grid.batches):
+      overrides = point_overrides(cfg, len(devices), per_chip, tensor, remat, scan)
+      plan = make_plan(with_overrides(cfg, overrides), topology, devices, chip, hbm_bytes, overrides)
+      plans.append(plan)
+      done = n * len(grid.batches) + sorted(grid.batches).index(per_chip) + 1
+      elapsed = time.perf_counter() - start
+      log(f"[{done}/{total}] tensor={tensor} remat={remat} scan={scan} batch {per_chip}/chip: "
+          f"{describe_fit(plan)} (elapsed {elapsed / 60:.1f} min, ETA at most "
+          f"{elapsed / done * (total - done) / 60:.1f} min)")
+      if plan.fits is False:
+        break  # larger batches need more memory still
+  return plans
+
+
+def ranked(plans: list[Plan]) -> list[Plan]:
+  """The plans that fit, fastest predicted samples/s first (unknown speed last)."""
+  fitting = [p for p in plans if p.fits is not False]
+  return sorted(fitting, key=lambda p: -(p.to_json()["samples_per_s"] or 0.0))
+
+
+def describe_fit(plan: Plan) -> str:
+  gib = 2 ** 30
+  if plan.fits is None:
+    return f"needs {plan.total_bytes / gib:.2f} GiB per chip (chip memory unknown)"
+  if plan.xla_error:
+    return "does not fit (the compiler ran out of memory)"
+  verdict = "fits" if plan.fits else "does not fit"
+  return f"{verdict}: {plan.total_bytes / gib:.2f} of {plan.hbm_bytes / gib:.1f} GiB"
