@@ -6,6 +6,7 @@ Same code path as the released variants, with small numbers: a 64 px ViT, a 2-la
 and a 2-layer MPT-style decoder with a gated block before every layer.
 """
 from configs import common
+from flamingo_jax import sweep
 
 
 def get_config(arg: str | None = None):
@@ -34,3 +35,12 @@ def get_config(arg: str | None = None):
   if a.backend == "cpu":
     c.model.remat_policy = "none"
   return c.lock()
+
+
+def get_sweep(arg: str | None = None):
+  """Learning rate x cross-attention interval, a few minutes on a laptop at 300 steps:
+
+    python -m flamingo_jax.sweep --config=configs/tiny.py --workdir=runs/sweep --config.train.num_steps=300
+  """
+  del arg
+  return sweep.product({"optim.learning_rate": [1e-3, 3e-3], "model.xattn.every_n_layers": [1, 2]})

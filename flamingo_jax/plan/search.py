@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from flamingo_jax import chips as chips_lib
+from flamingo_jax import chips as chips_lib, overrides as overrides_lib
 from flamingo_jax.plan.core import Plan, PlanError, make_plan
 
 
@@ -40,19 +40,6 @@ def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, t
           "model.remat_policy": remat, "model.scan_layers": scan}
 
 
-def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `cfg` with dotted-path overrides applied, as `--config.a.b=v` would."""
-  cfg = cfg.copy_and_resolve_references()
-  with cfg.unlocked():
-    for path, value in overrides.items():
-      *parents, leaf = path.split(".")
-      node = cfg
-      for key in parents:
-        node = node[key]
-      node[leaf] = value
-  return cfg
-
-
 def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: chips_lib.Chip | None,
            grid: Grid, hbm_bytes: float | None = None, log=print) -> list[Plan]:
   """Every plan made over `grid` (fitting or not), in the order made; progress lines to `log`."""
@@ -64,7 +51,7 @@ def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: c
   for n, (tensor, remat, scan) in enumerate(columns):
     for per_chip in sorted(grid.batches):
       overrides = point_overrides(cfg, len(devices), per_chip, tensor, remat, scan)
-      plan = make_plan(with_overrides(cfg, overrides), topology, devices, chip, hbm_bytes, overrides)
+      plan = make_plan(overrides_lib.apply(cfg, overrides), topology, devices, chip, hbm_bytes, overrides)
       plans.append(plan)
       done = n * len(grid.batches) + sorted(grid.batches).index(per_chip) + 1
       elapsed = time.perf_counter() - start
