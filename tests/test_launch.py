@@ -45,16 +45,12 @@ def _calls(log, module="flamingo_jax.train"):
   return [c for c in calls if c[:2] == ["-m", module]]
 
 
-def _train_calls(log):
-  return _calls(log)
-
-
 def test_tpu_vm_plans_then_passes_arguments_through_the_remote_shell(tmp_path):
   env, log = _fakes(tmp_path)
   subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
   assert _calls(log, "flamingo_jax.plan") == [["-m", "flamingo_jax.plan", "--config=configs/of_3b.py:tpu",
                                                "--topology=v5e:4x4", *USER_ARGS]]
-  assert _train_calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
+  assert _calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
                                 "--workdir=gs://bucket/of3b", *USER_ARGS]]
 
 
@@ -63,11 +59,11 @@ def test_tpu_vm_does_not_launch_what_does_not_fit(tmp_path):
   out = subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env={**env, "FAKE_PLAN_RC": "1"},
                        capture_output=True, text=True, timeout=60)
   assert out.returncode == 1 and "not launching" in out.stderr
-  assert not (log / "gcloud.txt").exists() and not _train_calls(log)
+  assert not (log / "gcloud.txt").exists() and not _calls(log)
 
 
 def test_gpu_host_passes_arguments_through(tmp_path):
   env, log = _fakes(tmp_path)
   subprocess.run(["bash", "launch/gpu_host.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
-  assert _train_calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
+  assert _calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
                                 "--workdir=gs://bucket/of3b", *USER_ARGS]]

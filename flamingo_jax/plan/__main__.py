@@ -116,6 +116,14 @@ def search_table(plans, title: str) -> list[str]:
   return lines
 
 
+def _integers(flag: str, values: list[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    from flamingo_jax.plan import core  # pylint: disable=g-import-not-at-top
+    raise core.PlanError(f"--{flag}={','.join(values)}: expected whole numbers") from None
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -132,7 +140,8 @@ def main(argv):
   try:
     devices, chip = core.target_devices(_TOPOLOGY.value)
     if _SEARCH.value:
-      grid = search.Grid([int(b) for b in _BATCHES.value], _REMAT.value, [int(t) for t in _TENSOR.value],
+      grid = search.Grid(_integers("search_batch", _BATCHES.value), _REMAT.value,
+                         _integers("search_tensor", _TENSOR.value),
                          [s.lower() in ("1", "true", "yes") for s in _SCAN.value])
       plans = search.search(cfg, _TOPOLOGY.value, devices, chip, grid, hbm,
                             log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -173,7 +173,8 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   cfg, data = run.cfg, run.cfg.data
   samples = sum(data[n].batch_size for n in batch_lib.DATASETS)
   tokens = sum(data[n].batch_size * data[n].max_tokens for n in batch_lib.DATASETS)
-  history, throughput, t0, step, pending = [], None, time.time(), run.start_step, None
+  history, t0, step, pending = [], time.time(), run.start_step, None
+  throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total, start_step=step)
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
   watch = step_lib.RecompileWatch(run.step_fn)
   with run.context():
@@ -181,9 +182,6 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
       waiting = time.perf_counter()
       batches = next_batches(run)
       waited = time.perf_counter() - waiting
-      if throughput is None:
-        throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total,
-                                        start_step=step)
       throughput.waited_for_input(waited)
       new_state, m = run.step_fn(run.state, run.frozen, batches)
       watch(step + 1, {"state": run.state, "frozen": run.frozen, "batches": batches})
