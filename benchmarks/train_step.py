@@ -103,12 +103,9 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def build(args, dims):
-  """The reference model (trainable parts as OpenFlamingo trains them) and our config and
-  variables converted from it."""
-  with torch.device(args.device):  # random init on the accelerator is much faster
-    torch_model = ref.build_reference(args.family, every_n=1, dims=dims,
-                                      attn_implementation=_torch_attention(args))
+def make_trainable(torch_model) -> None:
+  """Training mode, with gradients for what OpenFlamingo trains: the resampler, the gated blocks
+  and the input embeddings (of which the step keeps the special rows' gradient only)."""
   torch_model.train()
   for p in torch_model.parameters():
     p.requires_grad_(False)
@@ -116,6 +113,15 @@ def build(args, dims):
                  torch_model.lang_encoder.get_input_embeddings()):
     for p in module.parameters():
       p.requires_grad_(True)
+
+
+def build(args, dims):
+  """The reference model (trainable parts as OpenFlamingo trains them) and our config and
+  variables converted from it."""
+  with torch.device(args.device):  # random init on the accelerator is much faster
+    torch_model = ref.build_reference(args.family, every_n=1, dims=dims,
+                                      attn_implementation=_torch_attention(args))
+  make_trainable(torch_model)
   cfg = tiny.get_config().unlock()
   cfg.model = ref.jax_config(args.family, 1, dims=dims)
   if args.precision == "bf16":

@@ -43,6 +43,22 @@ OF_3B = Dims(vocab=50280, vis_width=1024, vis_layers=24, image_size=224, patch=1
 CPU_224 = Dims(vocab=50280, vis_width=384, vis_layers=6, image_size=224, patch=14, lm_dim=512,
                lm_heads=8, lm_layers=8, max_positions=2048)
 
+
+
+def dims_of(model_cfg: ml_collections.ConfigDict) -> Dims:
+  """The oracle's sizes for a flamingo_jax model config (benchmarks on a config's shapes). The
+  reference's resampler and gated blocks keep OpenFlamingo's fixed sizes, which are the released
+  configs' sizes; its MLPs are 4x the LM width, as in every released LM."""
+  m = model_cfg
+  if (m.eoc_token_id, m.media_token_id, m.pad_token_id) != Dims(vocab=m.lm.vocab_size).special_ids:
+    raise ValueError("the oracle puts <|endofchunk|>, <image> and pad last in the vocabulary; "
+                     f"this config has ids {m.eoc_token_id}, {m.media_token_id}, {m.pad_token_id} "
+                     f"of {m.lm.vocab_size}")
+  return Dims(vocab=m.lm.vocab_size, vis_width=m.vision.width, vis_layers=m.vision.layers,
+              image_size=m.vision.image_size, patch=m.vision.patch_size, lm_dim=m.lm.hidden_size,
+              lm_heads=m.lm.num_heads, lm_layers=m.lm.num_layers, max_positions=m.lm.max_positions)
+
+
 VOCAB = TINY.vocab
 EOC_ID, MEDIA_ID, PAD_ID = TINY.special_ids
 VIS_WIDTH, IMAGE_SIZE, PATCH = TINY.vis_width, TINY.image_size, TINY.patch

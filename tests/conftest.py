@@ -7,6 +7,12 @@ import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Compiling dominates the time of the tests' tiny programs: LLVM at -O0 compiles them in about
+# half the time (XLA's own HLO passes, which decide what is computed, are unchanged). Subprocesses
+# that set their own XLA_FLAGS add TEST_XLA_FLAGS.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " " + TEST_XLA_FLAGS
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same tiny train step, in this process and in the subprocesses they start
 # (which inherit these variables): a session-wide cache compiles each program once. Cached

@@ -60,20 +60,16 @@ def test_model_flops_are_every_matmul_the_step_runs(variant):
 
 
 @pytest.mark.slow
-def test_model_flops_agree_with_xla_on_the_unrolled_step():
-  """XLA's count of the compiled, unrolled step (elementwise work included) is the analytic
-  count within a few percent at widths where matrix products dominate; full remat adds its
-  recomputation to the executed count and none to the model's."""
+def test_remat_recomputation_is_executed_not_model_flops():
+  """Full remat adds its recomputation to the executed count and none to the model's (XLA's count
+  of the compiled unrolled step against the model's: tests/test_mfu.py)."""
   cfg = tiny.get_config().unlock()
-  cfg.model.lm.update(hidden_size=512, mlp_hidden_size=2048, num_heads=8)
-  cfg.model.vision.update(width=256, heads=4)
+  cfg.model.scan_layers = False
   model = metrics.step_flops(cfg).total
-  xla = _traced_step(cfg).lower().compile().cost_analysis()
-  xla = (xla[0] if isinstance(xla, list) else xla)["flops"]
-  assert model <= xla < 1.05 * model
+  assert metrics.jaxpr_matmul_flops(_traced_step(cfg).jaxpr) == pytest.approx(model, rel=1e-9)
   cfg.model.remat_policy = "full"
   executed = metrics.jaxpr_matmul_flops(_traced_step(cfg).jaxpr)
-  assert metrics.step_flops(cfg).total == model and executed > 1.2 * model
+  assert metrics.step_flops(cfg).total == model and executed > 1.1 * model  # the forward again
 
 
 def test_optimizer_moments_are_sharded_like_their_params():

@@ -9,7 +9,7 @@ from flamingo_jax.evaluate.inference import EvalModel
 from flamingo_jax.generate import Sampler
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.weights import load
-from tests.evaluate import fixture_data
+from oracle import eval_fixtures as fixture_data
 
 
 @pytest.fixture(scope="session")

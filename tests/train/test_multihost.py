@@ -21,6 +21,7 @@ from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, metrics, optimizer
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.weights import load
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.test_train import REPO, _cfg
 
 PROCESSES = 2
@@ -37,7 +38,7 @@ def _launch(shards: str, workdir: str, num_steps: int, every_steps: int) -> list
   port = _free_port()
   procs = []
   for i in range(PROCESSES):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}",
            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(PROCESSES),
            "JAX_PROCESS_ID": str(i)}
     procs.append(subprocess.Popen(

@@ -14,6 +14,7 @@ import pytest
 
 from flamingo_jax import overrides
 from flamingo_jax.sweep import points, product, zipped
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.test_train import REPO
 
 SWEEP_CONFIG = """
@@ -34,8 +35,9 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   return {points}
 """
-# The second point is long enough to be stopped in the middle.
-TWO_POINTS = 'sweep.zipped({"optim.learning_rate": [1e-3, 3e-3], "train.num_steps": [6, 60]})'
+# The second point is long enough to be stopped in the middle. A seed is not part of the
+# compiled step, so the second point's processes reuse the first's compiles (the test's cache).
+TWO_POINTS = 'sweep.zipped({"seed": [42, 7], "train.num_steps": [6, 30]})'
 
 
 def _config(tmp_path, shards, points=TWO_POINTS):
@@ -47,10 +49,10 @@ def _config(tmp_path, shards, points=TWO_POINTS):
 def _sweep(*args, **kw):
   return subprocess.Popen([sys.executable, "-m", "flamingo_jax.sweep", *args], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}, **kw)
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS}, **kw)
 
 
-def _check_restorable(workdir, step, shards):
+def _check_restorable(workdir, step, shards, seed):
   """A SIGTERM'd point's checkpoint restores, and its data iterators continue after the `step`
   batches the run consumed."""
   from flamingo_jax.data import pipeline, tokenizer
@@ -61,6 +63,7 @@ def _check_restorable(workdir, step, shards):
   from tests.train.test_train import _cfg
   import numpy as np
   cfg = _cfg(shards)
+  cfg.seed = seed
   variables = load.initial_variables(cfg, rules.make_mesh(cfg.mesh), rules.logical_rules(cfg))
   state = TrainState.create(variables["params"], optimizer.make_optimizer(cfg.optim))
   iters, _ = pipeline.make_train_iterators(cfg.data, tokenizer.load_tokenizer(cfg.tokenizer_path))
@@ -107,14 +110,14 @@ def test_a_bad_point_fails_the_sweep_before_anything_runs(tmp_path, shards):
   printed = _sweep(f"--config={config}", "--workdir=gs://bucket/sweep", "--launch=tpu_vm", "--tpus=v5e-a", "--print")
   text, _ = printed.communicate(timeout=120)
   assert printed.returncode == 0 and text.splitlines()[1].startswith(
-      f"TPU=v5e-a CONFIG={config} WORKDIR=gs://bucket/sweep/learning_rate=0.003,num_steps=60 bash ")
-  assert text.splitlines()[1].endswith("launch/tpu_vm.sh --config.optim.learning_rate=0.003 --config.train.num_steps=60")
+      f"TPU=v5e-a CONFIG={config} WORKDIR=gs://bucket/sweep/seed=7,num_steps=30 bash ")
+  assert text.splitlines()[1].endswith("launch/tpu_vm.sh --config.seed=7 --config.train.num_steps=30")
 
 
 @pytest.mark.slow
 def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   config, root = _config(tmp_path, shards), tmp_path / "sweep"
-  first, second = "learning_rate=0.001,num_steps=6", "learning_rate=0.003,num_steps=60"
+  first, second = "seed=42,num_steps=6", "seed=7,num_steps=30"
   proc = _sweep(f"--config={config}", f"--workdir={root}")
   seen = []
   for line in proc.stdout:
@@ -123,7 +126,7 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
       break
   log = root / second / "train.log"
   deadline = time.time() + 120
-  while time.time() < deadline and "step 3/60" not in (log.read_text() if log.exists() else ""):
+  while time.time() < deadline and "step 3/30" not in (log.read_text() if log.exists() else ""):
     time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   text, _ = proc.communicate(timeout=120)
@@ -131,21 +134,21 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   assert proc.returncode == 143, text
   assert f"sweep: finished {first}" in text and f"sweep: stopped, resumes on a rerun {second}" in text, text
   stopped_at = int(log.read_text().split("Preempted: checkpoint for step ")[1].split()[0])
-  _check_restorable(str(root / second), stopped_at, shards)
+  _check_restorable(str(root / second), stopped_at, shards, seed=7)
   rerun = _sweep(f"--config={config}", f"--workdir={root}")
   text, _ = rerun.communicate(timeout=300)
   assert rerun.returncode == 0, text
   assert f"sweep: {first} finished already (6 steps): skipped" in text
   assert "Resumed from step" in log.read_text() and f"sweep: finished {second}" in text
   recorded = json.loads((root / second / "sweep_point.json").read_text())
-  assert recorded["overrides"] == {"optim.learning_rate": 0.003, "train.num_steps": 60}
-  assert recorded["config"]["optim"]["learning_rate"] == 0.003
+  assert recorded["overrides"] == {"seed": 7, "train.num_steps": 30}
+  assert recorded["config"]["seed"] == 7
   with open(root / "summary.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["point"] for r in rows] == [first, second] and {r["status"] for r in rows} == {"done"}
-  assert [r["steps"] for r in rows] == ["6/6", "60/60"]
+  assert [r["steps"] for r in rows] == ["6/6", "30/30"]
   assert all(float(r["held-out loss"]) > 0 and float(r["loss_mmc4 final"]) > 0
              for r in rows)
   table = (root / "summary.md").read_text()
-  assert table.startswith("| point | optim.learning_rate | train.num_steps | status |") and table in text
+  assert table.startswith("| point | seed | train.num_steps | status |") and table in text
   assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

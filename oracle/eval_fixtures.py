@@ -1,4 +1,5 @@
-"""Tiny evaluation datasets in the reference's file formats, with images drawn by PIL.
+"""Tiny evaluation datasets in the reference's file formats (the evaluation tests' fixtures and
+benchmarks/eval_speed.py's data), with images drawn by PIL.
 
 `write_all(root)` writes every task's files under `root` and returns the eval config's `data`
 section pointing at them. Captions and answers describe the drawn shapes, so they are consistent
@@ -68,7 +69,8 @@ def write_karpathy(root: str, dataset: str, n_train: int = 6, n_test: int = 5) -
               annotations_json=os.path.join(root, "captions_coco_format.json"))
 
 
-def _vqa_split(root: str, dataset: str, split: str, n: int, offset: int, with_answers: bool):
+def _vqa_split(root: str, dataset: str, split: str, n: int, offset: int, with_answers: bool,
+               aligned: bool = False):
   image_dir = os.path.join(root, {"vqav2": "train2014" if split == "train" else "val2014",
                                   "ok_vqa": "train2014" if split == "train" else "val2014",
                                   "vizwiz": split, "textvqa": "images"}[dataset])
@@ -88,7 +90,8 @@ def _vqa_split(root: str, dataset: str, split: str, n: int, offset: int, with_an
             {"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)]
     annotations.append({"question_id": qid, "image_id": image_id, "question_type": "what color",
                         "answer_type": "other", "answers": recs, "multiple_choice_answer": color})
-  annotations.reverse()  # not aligned with the questions: pairing must go by question_id
+  if not aligned:
+    annotations.reverse()  # not aligned with the questions: pairing must go by question_id
   qpath = os.path.join(root, f"{split}_questions.json")
   apath = os.path.join(root, f"{split}_annotations.json")
   json.dump(dict(META, questions=questions), open(qpath, "w"))
@@ -96,9 +99,11 @@ def _vqa_split(root: str, dataset: str, split: str, n: int, offset: int, with_an
   return qpath, (apath if with_answers else ""), image_dir
 
 
-def write_vqa(root: str, dataset: str, n_train: int = 6, n_test: int = 5) -> dict:
-  tq, ta, tdir = _vqa_split(root, dataset, "train", n_train, 0, True)
-  vq, va, vdir = _vqa_split(root, dataset, "val", n_test, n_train, True)
+def write_vqa(root: str, dataset: str, n_train: int = 6, n_test: int = 5, aligned: bool = False) -> dict:
+  """A VQA dataset's files; `aligned`: annotations in the questions' order (open_flamingo's
+  loader pairs them by index; ours by question_id, which the default order tests)."""
+  tq, ta, tdir = _vqa_split(root, dataset, "train", n_train, 0, True, aligned)
+  vq, va, vdir = _vqa_split(root, dataset, "val", n_test, n_train, True, aligned)
   return dict(train_questions=tq, train_annotations=ta, test_questions=vq, test_annotations=va,
               train_image_dir=tdir, test_image_dir=vdir)
 
