@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import sys
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -105,4 +106,4 @@ def _require(*named):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

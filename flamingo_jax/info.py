@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app
 from ml_collections import config_flags
 
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

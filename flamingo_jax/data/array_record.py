@@ -137,8 +137,9 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from flamingo_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("shards", None, "WebDataset tar shards: globs, {000..099} ranges, comma lists.",
                       required=True)
   flags.DEFINE_string("out_dir", None, "Directory for the .array_record files.", required=True)
   flags.DEFINE_bool("overwrite", False, "Convert shards whose output already exists again.")
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -79,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

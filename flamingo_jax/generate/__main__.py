@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
 import numpy as np
 
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

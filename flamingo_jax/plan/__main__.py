@@ -26,6 +26,7 @@ import json
 import os
 import sys
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -157,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,7 @@ import os
 import shlex
 import sys
 
-from flamingo_jax import paths
+from flamingo_jax import cli, paths
 from flamingo_jax.sweep import points as points_lib, runner, summary
 
 
@@ -96,15 +96,11 @@ def run(args, base: dict, flags: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
   args, base, flags = _parse(argv)
-  try:
-    if args.command == "summarize":
-      print(summary.write(args.workdir))
-      return 0
-    return run(args, base, flags)
-  except (points_lib.SweepError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.command == "summarize":
+    print(summary.write(args.workdir))
+    return 0
+  return run(args, base, flags)
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(cli.guard(main, sys.argv[1:]))

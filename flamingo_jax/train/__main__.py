@@ -9,6 +9,7 @@ the same command on every host (see flamingo_jax/runtime.py for how the hosts fi
 """
 from __future__ import annotations
 
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

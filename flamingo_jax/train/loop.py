@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from flamingo_jax import paths
+from flamingo_jax import config_check, paths
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
@@ -96,6 +96,7 @@ class TrainRun:
 def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   """Builds a run: mesh, tokenizer, data, variables, optimizer state (restored from `workdir`'s
   latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption."""
+  config_check.check(cfg, jax.device_count(), jax.process_count())  # before any work
   workdir = paths.resolve(workdir)
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
   tok = tok_lib.load_tokenizer(cfg.tokenizer_path)

@@ -1,0 +1,132 @@
+"""The one error surface of the command-line tools, and their quiet start.
+
+  if __name__ == "__main__":
+    cli.run(main)                       # an absl tool
+    sys.exit(cli.guard(main, argv))     # any other entry point
+
+A known problem prints one line, `error: …`, naming the field, file or key, and exits non-zero:
+2 for usage and config (`UsageError`, a bad override, sweep or plan), 1 at run time (a missing or
+unreadable file, a checkpoint that does not match, bad data, a non-finite loss, or a ValueError
+that our own code raised with its message). Anything else is a bug and shows its traceback, as
+does every error when FLAMINGO_JAX_TRACEBACK=1 (or `--verbose` where a tool has it).
+
+Importing this module first quiets what a user cannot act on: TensorFlow's C++ start-up notices,
+transformers' "PyTorch was not found" advice (FLAMINGO_JAX_VERBOSE=1 keeps them).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_CONFIGS = os.path.join(os.path.dirname(_PACKAGE), "configs")
+
+if os.environ.get("FLAMINGO_JAX_VERBOSE", "") in ("", "0"):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # oneDNN and CPU-feature notices
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+class UsageError(ValueError):
+  """A bad command line or config value: exit 2 with one `error:` line."""
+
+
+def _usage_errors() -> tuple[type, ...]:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from flamingo_jax import overrides  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.plan.core import PlanError  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.sweep.points import SweepError  # pylint: disable=g-import-not-at-top
+  return UsageError, app.UsageError, overrides.OverrideError, PlanError, SweepError
+
+
+_RUNTIME_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                   FloatingPointError)  # (train's NonFiniteError is a FloatingPointError)
+
+
+def _raised_by_us(error: BaseException) -> bool:
+  """True when the innermost frame that raised `error` is flamingo_jax's or a config file's: our
+  messages name the field or file; a ValueError from inside a library is more likely a bug."""
+  tb = error.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  path = os.path.abspath(tb.tb_frame.f_code.co_filename) if tb else ""
+  return path.startswith((_PACKAGE + os.sep, _CONFIGS + os.sep))
+
+
+def exit_code(error: BaseException) -> int | None:
+  """2 (usage or config), 1 (a known problem at run time) or None (a bug: show the traceback)."""
+  if isinstance(error, _usage_errors()):
+    return 2
+  if isinstance(error, _RUNTIME_ERRORS):
+    return 1
+  from flamingo_jax.weights.readers import UnreadableCheckpointError  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.weights.state_dict import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (CheckpointMismatchError, UnreadableCheckpointError)):
+    return 1
+  if isinstance(error, (ValueError, KeyError, TypeError)) and _raised_by_us(error):
+    return 1
+  return None
+
+
+def one_line(error: BaseException) -> str:
+  """`error: <message>`: the lines of a message joined, a KeyError's quotes dropped."""
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return "error: " + "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def guard(main: Callable[..., int | None], *args) -> int:
+  """Runs `main(*args)`; a known problem becomes one line on stderr and its exit code."""
+  try:
+    return main(*args) or 0
+  except Exception as e:  # pylint: disable=broad-except
+    code = exit_code(e)
+    if code is None or os.environ.get("FLAMINGO_JAX_TRACEBACK", "") not in ("", "0"):
+      traceback.print_exc()
+      return code or 1
+    print(one_line(e), file=sys.stderr, flush=True)
+    return code
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag (an unknown --config.… field, a config file that does not
+  load, a missing required flag) as one `error:` line and exit 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _usage_exit(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # a --config.… override
+    _usage_exit(_override_message(e, argv))
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if type(flag).__name__ == "_ConfigFlag" and flag.present:
+      try:
+        _ = flag.value.keys  # a config file that failed to load raises here, not later in main
+      except OSError as e:  # the message's last line is the cause
+        _usage_exit(f"--{name}={flag.config_filename}: {str(e).strip().splitlines()[-1].strip()}")
+  return rest
+
+
+def _usage_exit(message: str) -> None:
+  print(one_line(ValueError(message)), file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _override_message(error: BaseException, argv: list[str]) -> str:
+  """'--config.a.typo=1: no such config field 'typo'; Did you mean …' for a refused override."""
+  text = str(error).replace("\\n", "\n").replace("\\'", "'")
+  lines = [line.strip().strip("'\"").strip() for line in text.splitlines()]
+  lines = [line for line in lines if line] or [type(error).__name__]
+  key = lines[0] if " " not in lines[0] else ""  # a KeyError's message is the missing key
+  flag = next((a for a in argv[1:] if a.startswith("--") and key and key in a.split("=")[0]), "a --config override")
+  first = f"no such config field {key!r}" if key else lines[0]
+  return "; ".join([f"{flag}: {first}", *lines[1:]])
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """absl's app.run with this error surface around flag parsing and `main`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(lambda argv: sys.exit(guard(main, argv)), flags_parser=_parse_flags)

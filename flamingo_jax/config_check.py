@@ -1,0 +1,114 @@
+"""Checks a training config before any work (before compiling, reading data or writing into the
+workdir), every problem at once, each naming its field and what would be valid.
+
+  problems(cfg)              # -> ["model.xattn.every_n_layers=5 > model.lm.num_layers=2: ...", ...]
+  check(cfg)                 # raises cli.UsageError listing them (exit 2 in the CLIs)
+  check(cfg, devices=8, processes=1)   # also the mesh and the batch splits
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import ml_collections
+
+from flamingo_jax.cli import UsageError
+from flamingo_jax.data.batch import DATASETS
+from flamingo_jax.models import families
+
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("constant", "linear", "cosine")
+NON_FINITE = ("stop", "skip")
+
+
+def _model(cfg: ml_collections.ConfigDict) -> list[str]:
+  m, out = cfg.model, []
+  for path, width, heads in (("model.lm", m.lm.hidden_size, m.lm.num_heads),
+                             ("model.vision", m.vision.width, m.vision.heads)):
+    if heads < 1 or width % heads:
+      out.append(f"{path}.num_heads={heads}" if path == "model.lm" else f"{path}.heads={heads}")
+      out[-1] += f" does not divide the width {width}"
+  n = m.xattn.every_n_layers
+  if not 1 <= n <= m.lm.num_layers:
+    out.append(f"model.xattn.every_n_layers={n}: must be 1..model.lm.num_layers={m.lm.num_layers}, "
+               "or the model has no gated cross-attention block")
+  elif m.scan_layers and m.lm.num_layers % n:
+    out.append(f"model.scan_layers=True needs model.lm.num_layers={m.lm.num_layers} divisible by "
+               f"model.xattn.every_n_layers={n}")
+  if m.vision.patch_size < 1 or m.vision.image_size % m.vision.patch_size:
+    out.append(f"model.vision.image_size={m.vision.image_size} is not a multiple of "
+               f"model.vision.patch_size={m.vision.patch_size}")
+  for key in ("dtype", "param_dtype", "frozen_dtype"):
+    if m[key] not in DTYPES:
+      out.append(f"model.{key}={m[key]!r}: expected one of {', '.join(DTYPES)}")
+  if m.remat_policy not in ("none", "full") and not hasattr(jax.checkpoint_policies, m.remat_policy):
+    out.append(f"model.remat_policy={m.remat_policy!r}: expected 'none', 'full' or a jax.checkpoint_policies "
+               "name, e.g. nothing_saveable, dots_with_no_batch_dims_saveable")
+  for key in ("eoc_token_id", "media_token_id", "pad_token_id"):
+    if not 0 <= m[key] < m.lm.vocab_size:
+      out.append(f"model.{key}={m[key]} is outside the vocabulary (model.lm.vocab_size={m.lm.vocab_size})")
+  return out
+
+
+def _data(cfg: ml_collections.ConfigDict) -> list[str]:
+  out, m = [], cfg.model
+  if cfg.data.image_size != m.vision.image_size:
+    out.append(f"data.image_size={cfg.data.image_size} differs from model.vision.image_size={m.vision.image_size}")
+  learned = families.get_family(m.lm.family).position_scheme == "learned"
+  for name in DATASETS:
+    d = cfg.data[name]
+    if d.batch_size < 1:
+      out.append(f"data.{name}.batch_size={d.batch_size}: must be at least 1")
+    if learned and d.max_tokens > m.lm.max_positions:
+      out.append(f"data.{name}.max_tokens={d.max_tokens} exceeds the LM's learned position table "
+                 f"(model.lm.max_positions={m.lm.max_positions})")
+  return out
+
+
+def _training(cfg: ml_collections.ConfigDict) -> list[str]:
+  out = []
+  if cfg.optim.schedule not in SCHEDULES:
+    out.append(f"optim.schedule={cfg.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+  if cfg.train.non_finite not in NON_FINITE:
+    out.append(f"train.non_finite={cfg.train.non_finite!r}: expected one of {', '.join(NON_FINITE)}")
+  if cfg.train.num_steps < 1:
+    out.append(f"train.num_steps={cfg.train.num_steps}: must be at least 1")
+  if cfg.checkpoint.every_steps < 1:
+    out.append(f"checkpoint.every_steps={cfg.checkpoint.every_steps}: must be at least 1")
+  return out
+
+
+def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int) -> list[str]:
+  sizes = {axis: int(cfg.mesh[axis]) for axis in ("data", "fsdp", "tensor")}
+  flat = ", ".join(f"mesh.{k}={v}" for k, v in sizes.items())
+  if list(sizes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+    return [f"{flat}: each axis is a positive size, at most one -1 (the remaining devices)"]
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if devices % known or (-1 not in sizes.values() and known != devices):
+    return [f"{flat} needs {known} devices{' or a multiple' if -1 in sizes.values() else ''}; "
+            f"this job has {devices}"]
+  sizes = {k: (devices // known if v == -1 else v) for k, v in sizes.items()}
+  shards, out = sizes["data"] * sizes["fsdp"], []
+  for name in DATASETS:
+    b = cfg.data[name].batch_size
+    if b % shards or b % processes:
+      out.append(f"data.{name}.batch_size={b} does not divide over the {shards} data x fsdp devices "
+                 f"and {processes} processes of mesh {sizes}")
+  return out
+
+
+RULES: tuple[Callable[[ml_collections.ConfigDict], list[str]], ...] = (_model, _data, _training)
+
+
+def problems(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1) -> list[str]:
+  """Every problem of `cfg` (with `devices`: its mesh and batch splits too)."""
+  out = [p for rule in RULES for p in rule(cfg)]
+  return out + (_mesh(cfg, devices, processes) if devices else [])
+
+
+def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1) -> None:
+  """Raises UsageError naming every problem of `cfg`."""
+  found = problems(cfg, devices, processes)
+  if found:
+    raise UsageError(f"the config has {len(found)} problem{'s' if len(found) > 1 else ''}: " + "; ".join(found))

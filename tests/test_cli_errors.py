@@ -1,0 +1,115 @@
+"""Ordinary mistakes on every command-line tool: each exits non-zero (2 usage and config, 1 at run
+time) with one `error:` line naming the field, file or key, no traceback, and nothing written at
+its output path. The cases run in parallel subprocesses (one device each)."""
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flamingo_jax import cli, config_check
+from configs import tiny
+from tests.conftest import TEST_XLA_FLAGS
+from tests.train.test_train import REPO
+
+TINY = "--config=configs/tiny.py"
+OUT = "{out}"  # each case's output path (a workdir, a file): it must not exist afterwards
+
+CASES = [  # (tool, arguments, exit code, what the error line names)
+    ("train", ["--config=configs/nope.py", f"--workdir={OUT}"], 2, "nope.py"),
+    ("train", [TINY], 2, "--workdir"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.optim.learning_ratee=1"], 2, "learning_ratee"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.model.xattn.every_n_layers=5"], 2, "model.xattn.every_n_layers=5"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.model.dtype=float17"], 2, "model.dtype='float17'"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.model.vision.patch_size=7"], 2, "model.vision.patch_size=7"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.mesh.fsdp=16"], 2, "needs 16 devices"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.optim.schedule=cosin"], 2, "optim.schedule='cosin'"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.laion.batch_size=0"], 2, "data.laion.batch_size=0"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=", "--config.data.laion.shards=/nowhere/laion-*.tar"],
+     1, "/nowhere/laion-*.tar"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.checkpoint.base=/nowhere/base"], 1, "/nowhere/base"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.tokenizer_path=/nowhere/tokenizer"], 1, "/nowhere/tokenizer"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.mmc4.matching=closest"], 1, "closest"),
+    ("generate", ["--checkpoint=/nowhere/run", "--prompt=a cat"], 1, "/nowhere/run"),
+    ("generate", ["--checkpoint=/nowhere/run", "--prompt=<image>a cat"], 2, "<image>"),
+    ("evaluate", ["--task=coco", f"--out_dir={OUT}"], 2, "--checkpoint"),
+    ("evaluate", ["--checkpoint=/nowhere/run", "--task=coco", f"--out_dir={OUT}"], 2, "/nowhere/run"),
+    ("convert", ["export", "--base=/nowhere/base", f"--out={OUT}"], 1, "/nowhere/base"),
+    ("info", ["--config=configs/none.py"], 2, "none.py"),
+    ("plan", [TINY, "--topology=v9z:4x4"], 2, "v9z:4x4"),
+    ("plan", [TINY, "--topology=local", "--config.mesh.fsdp=3"], 2, "mesh"),
+    ("sweep", [TINY, f"--workdir={OUT}", "--only=99"], 2, "--only=99"),
+    ("data.array_record", ["--shards=/nowhere/*.tar", f"--out_dir={OUT}"], 1, "/nowhere/*.tar"),
+]
+
+
+def _run(case, out: str) -> str:
+  """'' when `case` fails as it should, else what went wrong."""
+  tool, args, code, named = case
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS}
+  proc = subprocess.run([sys.executable, "-m", f"flamingo_jax.{tool}", *[a.replace(OUT, out) for a in args]],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+  last = lines[-1] if lines else ""
+  if (proc.returncode == code and last.startswith("error: ") and named in last
+      and "Traceback" not in proc.stderr and not os.path.exists(out)):
+    return ""
+  return (f"{tool} {' '.join(args)}: exit {proc.returncode} (want {code}), written: {os.path.exists(out)}, "
+          f"last line {last!r}\n{proc.stderr[-1500:]}")
+
+
+@pytest.mark.slow
+def test_every_cli_mistake_is_one_error_line(tmp_path):
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:  # a few processes at a time: memory
+    failures = [f for f in pool.map(lambda n: _run(CASES[n], str(tmp_path / f"out{n}")), range(len(CASES))) if f]
+  assert not failures, f"{len(failures)} of {len(CASES)}:\n\n" + "\n\n".join(failures)
+
+
+def test_config_rules_each_name_their_field():
+  ok = tiny.get_config()
+  assert config_check.problems(ok, devices=8) == []
+  broken = {
+      "model.lm.num_heads": (3, "model.lm.num_heads=3 does not divide the width 64"),
+      "model.vision.heads": (5, "model.vision.heads=5 does not divide the width 64"),
+      "model.xattn.every_n_layers": (0, "model.xattn.every_n_layers=0: must be 1..model.lm.num_layers=2"),
+      "model.vision.patch_size": (7, "model.vision.image_size=64 is not a multiple of model.vision.patch_size=7"),
+      "model.frozen_dtype": ("fp8", "model.frozen_dtype='fp8': expected one of"),
+      "model.remat_policy": ("most", "model.remat_policy='most'"),
+      "model.media_token_id": (512, "model.media_token_id=512 is outside the vocabulary"),
+      "data.image_size": (32, "data.image_size=32 differs from model.vision.image_size=64"),
+      "optim.schedule": ("step", "optim.schedule='step'"),
+      "train.non_finite": ("ignore", "train.non_finite='ignore'"),
+      "train.num_steps": (0, "train.num_steps=0"),
+      "checkpoint.every_steps": (0, "checkpoint.every_steps=0"),
+  }
+  for path, (value, message) in broken.items():
+    cfg = ok.copy_and_resolve_references().unlock()
+    *parents, leaf = path.split(".")
+    node = cfg
+    for key in parents:
+      node = node[key]
+    node[leaf] = value
+    found = config_check.problems(cfg)
+    assert len(found) == 1 and found[0].startswith(message), (path, found)
+  scanned = ok.copy_and_resolve_references().unlock()
+  scanned.model.update(scan_layers=True)
+  scanned.model.lm.num_layers = 3
+  scanned.model.xattn.every_n_layers = 2
+  assert config_check.problems(scanned) == [
+      "model.scan_layers=True needs model.lm.num_layers=3 divisible by model.xattn.every_n_layers=2"]
+  opt = ok.copy_and_resolve_references().unlock()
+  opt.model.lm.update(family="opt", max_positions=32)
+  assert config_check.problems(opt) == [
+      "data.mmc4.max_tokens=48 exceeds the LM's learned position table (model.lm.max_positions=32)"]
+  assert config_check.problems(ok, devices=3) == [
+      "data.laion.batch_size=16 does not divide over the 3 data x fsdp devices and 1 processes of mesh "
+      "{'data': 3, 'fsdp': 1, 'tensor': 1}", "data.mmc4.batch_size=8 does not divide over the 3 data x fsdp "
+      "devices and 1 processes of mesh {'data': 3, 'fsdp': 1, 'tensor': 1}"]
+  two = ok.copy_and_resolve_references().unlock()
+  two.mesh.update(data=-1, fsdp=-1)
+  assert config_check.problems(two, devices=8)[0].startswith("mesh.data=-1, mesh.fsdp=-1, mesh.tensor=1: ")
+  with pytest.raises(cli.UsageError, match=r"^the config has 2 problems: model.lm.num_heads=3 .*; train.num_steps=0"):
+    bad = ok.copy_and_resolve_references().unlock()
+    bad.model.lm.num_heads, bad.train.num_steps = 3, 0
+    config_check.check(bad)
