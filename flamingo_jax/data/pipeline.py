@@ -123,9 +123,38 @@ def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: 
   shards; the iterators' `get_state()`/`set_state()` go into checkpoints.
   """
   counter = SkipCounter()
-  iters = {name: iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
-                                   process_count=process_count)) for name in DATASETS}
+  iters = {name: CountingIterator(iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
+                                                    process_count=process_count)), name, counter)
+           for name in DATASETS}
   return iters, counter
+
+
+class CountingIterator(grain.DatasetIterator):
+  """A dataset's batch iterator whose state carries the dataset's skip counts, so that a
+  checkpoint (and a rewind) restores the counts of the samples read up to its position.
+
+    state = it.get_state()   # {"iterator": <Grain's state>, "skipped": {"laion/empty text": 3, ...}}
+  """
+
+  def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter):
+    super().__init__(inner)
+    self._inner, self._prefix, self._counter = inner, f"{name}/", counter
+
+  def __next__(self):
+    return next(self._inner)
+
+  def get_state(self) -> dict:
+    skipped = {k: int(v) for k, v in self._counter.counts.items() if k.startswith(self._prefix)}
+    return {"iterator": self._inner.get_state(), "skipped": skipped}
+
+  def set_state(self, state: dict) -> None:
+    if "iterator" not in state:  # a checkpoint from before the counts were saved
+      self._inner.set_state(state)
+      return
+    self._inner.set_state(state["iterator"])
+    for key in [k for k in self._counter.counts if k.startswith(self._prefix)]:
+      del self._counter.counts[key]
+    self._counter.counts.update(state["skipped"])
 
 
 def ensure_synthetic_shards(cfg: ml_collections.ConfigDict) -> None:

@@ -118,11 +118,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
     print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
   non_finite = NonFinitePolicy.from_config(cfg.train)
   recorded = checkpoint.read_run_config(workdir) if start is not None else None
-  counts = skips.counts.copy()  # deriving a buffer size reads (then rewinds) a few batches
   packing = image_buffers.plan(cfg.data, iters, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
                                recorded and {n: recorded.data[n].get("image_buffer", 0) for n in iters})
-  skips.counts.clear()
-  skips.counts.update(counts)
   cfg = _with_image_buffers(cfg, image_buffers.resolved(cfg.data, packing))
   checkpoint.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
   for name, p in packing.items():

@@ -137,6 +137,9 @@ def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket, capfd):
           for v in e.summary.value}
   assert [h["step"] for h in resumed.history] == list(range(16, 31))
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
+  # The skip counts are the run's totals: the checkpoint carries them with the data position.
+  skipped = lambda h: {k: v for k, v in h.items() if k.startswith("skipped/")}
+  assert skipped(resumed.history[-1]) == skipped(straight.history[-1]) and sum(skipped(straight.history[-1]).values()) > 0
   assert os.path.isdir(tmp_path / "gcs" / "bucket" / "run" / "checkpoints" / "15" / "state")
   assert len(events) == 2 and {"loss", "lr", "eval/loss_real_images"} <= tags, tags
   assert not os.path.exists("gs:")  # nothing of the bucket's path was made locally
