@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from flamingo_jax import paths, tree
 
@@ -73,6 +74,42 @@ class Checkpointer:
       raise
     return out["state"]
 
+  def restore_latest(self, abstract_state: Any, iterators: dict[str, grain.DatasetIterator],
+                     log=print) -> tuple[int | None, Any]:
+    """(step, state) of the newest step that restores, or (None, None) when there is no step.
+
+    A step that does not restore (a truncated or corrupted file, a partial directory) is named
+    and moved aside to `checkpoints/damaged/<step>` (never deleted), and the previous step is
+    tried; if none restores, that is an error naming the steps moved aside."""
+    damaged = []
+    while (step := self.latest_step()) is not None:
+      try:
+        return step, self.restore(step, abstract_state, iterators)
+      except ValueError as e:
+        if "different number of processes" in str(e):
+          raise  # a job of another shape, not damage
+        error = e
+      except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
+        error = e
+      aside = self._set_aside(step)
+      damaged.append(step)
+      log(f"warning: checkpoint step {step} does not restore ({_first_line(error)}); moved it to {aside} "
+          "and trying the previous step", flush=True)
+    if damaged:
+      raise FileNotFoundError(f"no checkpoint in {self.directory} restores: steps {damaged} were damaged "
+                              f"and are kept in {self.directory / DAMAGED}")
+    return None, None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Moves step `step`'s directory to checkpoints/damaged/<step> (process 0) and forgets it."""
+    target = self.directory / DAMAGED / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      _move_tree(self.directory / str(step), target)
+    multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self.manager.reload()
+    return target
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -84,6 +121,30 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+DAMAGED = "damaged"  # checkpoints that did not restore, kept for a person to look at
+
+
+def _first_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _move_tree(source: epath.Path, target: epath.Path) -> None:
+  """A directory moved: renamed where the filesystem can, else copied file by file (gs://) and
+  the source removed only once every file is copied."""
+  try:
+    source.rename(target)
+    return
+  except (OSError, NotImplementedError):
+    pass
+  files = [f for f in source.rglob("*") if f.is_file()]
+  for f in files:
+    out = target / f.relative_to(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    f.copy(out)
+  source.rmtree()
 
 
 def abstract_like(tree: Any) -> Any:

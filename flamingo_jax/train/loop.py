@@ -112,9 +112,10 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   with mesh, nn.logical_axis_rules(rule_set):
     state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(variables["params"])
   ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
-  start = ckpt.latest_step()
-  if start is not None:  # The model state and the data positions it belongs to, together.
-    state = ckpt.restore(start, checkpoint.abstract_like(state), iters)
+  # The model state and the data positions it belongs to, together; a damaged step set aside.
+  start, restored = ckpt.restore_latest(checkpoint.abstract_like(state), iters)
+  if start is not None:
+    state = restored
     print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
   non_finite = NonFinitePolicy.from_config(cfg.train)
   recorded = checkpoint.read_run_config(workdir) if start is not None else None
