@@ -2,7 +2,7 @@
 same small model (built in-process from random towers), the same prompts and settings.
 
   python benchmarks/generate_speed.py [--family mpt] [--new 32] [--batch 4] [--beams 1,3]
-  python benchmarks/generate_speed.py --size of_3b --device cuda
+  python benchmarks/generate_speed.py --size of_3b --device cuda [--shots 32]
 
 By default both run on this machine's CPU on a tiny model; `--size of_3b` builds OpenFlamingo-3B's
 shapes for an accelerator. fp32 on both sides, TF32 off. Compilation is excluded from our timing
@@ -86,6 +86,27 @@ def _first_differences(ours: np.ndarray, theirs: np.ndarray, prompt_len: int) ->
   return [(i, int(np.argmax(row)) - prompt_len) for i, row in enumerate(differs) if row.any()]
 
 
+def few_shot_batch(rng: np.random.Generator, batch: int, shots: int, dims, per_shot: int = 10):
+  """Few-shot prompts as evaluation builds them: `shots` demonstrations (<image>, text,
+  <|endofchunk|>) then the query (<image>, text); one left pad in the first row (an all-ones mask
+  is dropped by transformers 5, which open_flamingo's forward needs); (B, shots + 1) images.
+
+    shots=1, per_shot=2:  ids [pad, <image>, t, t, <eoc>, <image>, t, t]   (row 0)
+  """
+  eoc, media, pad = dims.special_ids
+  length = 1 + (shots + 1) * (per_shot + 2) - 1
+  ids = rng.integers(1, eoc, size=(batch, length))
+  mask = np.ones((batch, length), np.int64)
+  for s in range(shots + 1):
+    start = 1 + s * (per_shot + 2)
+    ids[:, start] = media
+    if s < shots:
+      ids[:, start + per_shot + 1] = eoc
+  ids[0, 0], mask[0, 0] = pad, 0
+  vision = rng.normal(size=(batch, shots + 1, 1, dims.image_size, dims.image_size, 3)).astype(np.float32)
+  return vision, ids, mask
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--family", default="mpt", choices=["mpt", "gpt_neox", "opt"])
@@ -95,6 +116,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
   parser.add_argument("--lm-layers", type=int, default=0, help="override the size's LM depth")
+  parser.add_argument("--shots", type=int, default=0,
+                      help="few-shot prompts with this many demonstrations (33 images at 32 shots)")
   parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                       help="the reference's device; JAX runs on its default backend")
   args = parser.parse_args()
@@ -111,12 +134,15 @@ def main():
   cfg = ref.jax_config(args.family, 1, dims=dims)
   variables = sd_lib.flamingo_to_flax(ref.state_dict_numpy(torch_model), cfg)
   variables = jax.device_put(variables)
-  vision, ids, mask = ref.sample_batch(np.random.default_rng(0), batch=max(args.batch, 3), length=16,
-                                       dims=dims)
-  vision, ids, mask = vision[:args.batch], ids[:args.batch], mask[:args.batch]
+  if args.shots:
+    vision, ids, mask = few_shot_batch(np.random.default_rng(0), args.batch, args.shots, dims)
+  else:
+    vision, ids, mask = ref.sample_batch(np.random.default_rng(0), batch=max(args.batch, 3), length=16,
+                                         dims=dims)
+    vision, ids, mask = vision[:args.batch], ids[:args.batch], mask[:args.batch]
   ids[:, -1] = 5
   pad_id = dims.special_ids[2]
-  print(f"{args.family} {args.size}: batch {args.batch}, prompt {ids.shape[1]} tokens, {args.new} "
+  print(f"{args.family} {args.size}: batch {args.batch}, prompt {ids.shape[1]} tokens ({vision.shape[1]} images), {args.new} "
         f"new tokens, LM {dims.lm_layers} layers x {dims.lm_dim}; JAX {jax.default_backend()}, "
         f"torch {args.device}")
   logits = lambda i, m: _both_logits(cfg, variables, torch_model, vision, i, m, args.device)
