@@ -90,7 +90,7 @@ def build(cfg, batches):
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
   packing = packing_for(cfg, batches, mesh.shape["data"] * mesh.shape["fsdp"])
   with mesh, nn.logical_axis_rules(rule_set):
-    state = jax.jit(lambda p: state_lib.TrainState.create(p, tx), out_shardings=shardings)(variables["params"])
+    state = state_lib.create_on_mesh(variables["params"], tx, shardings)
     step = step_lib.jit_train_step(cfg, mesh, shardings, step_lib.NonFinitePolicy.from_config(cfg.train), packing)
     device_batches = {name: loop.global_batch(b, mesh) for name, b in batches.items()}
     start = time.perf_counter()

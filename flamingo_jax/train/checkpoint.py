@@ -75,7 +75,7 @@ class Checkpointer:
     return out["state"]
 
   def restore_latest(self, abstract_state: Any, iterators: dict[str, grain.DatasetIterator],
-                     log=print) -> tuple[int | None, Any]:
+                     log=lambda line: print(line, flush=True)) -> tuple[int | None, Any]:
     """(step, state) of the newest step that restores, or (None, None) when there is no step.
 
     A step that does not restore (a truncated or corrupted file, a partial directory) is named
@@ -94,7 +94,7 @@ class Checkpointer:
       aside = self._set_aside(step)
       damaged.append(step)
       log(f"warning: checkpoint step {step} does not restore ({_first_line(error)}); moved it to {aside} "
-          "and trying the previous step", flush=True)
+          "and trying the previous step")
     if damaged:
       raise FileNotFoundError(f"no checkpoint in {self.directory} restores: steps {damaged} were damaged "
                               f"and are kept in {self.directory / DAMAGED}")

@@ -110,7 +110,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   tx = optimizer.make_optimizer(cfg.optim)
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
   with mesh, nn.logical_axis_rules(rule_set):
-    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(variables["params"])
+    state = state_lib.create_on_mesh(variables["params"], tx, shardings)
   ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
   # The model state and the data positions it belongs to, together; a damaged step set aside.
   start, restored = ckpt.restore_latest(checkpoint.abstract_like(state), iters)

@@ -39,3 +39,8 @@ def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -
 def _param_path(path) -> tuple:
   """The dict keys of a key path: a parameter's path, also inside the optimizer's state."""
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def create_on_mesh(params: Any, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+  """A fresh state for `params`, made directly where `state_shardings` says each leaf lives."""
+  return jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(params)
