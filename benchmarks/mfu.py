@@ -36,7 +36,7 @@ from ml_collections import config_flags  # noqa: E402
 from flamingo_jax import chips  # noqa: E402
 from flamingo_jax.data import batch as batch_lib  # noqa: E402
 from flamingo_jax.models import rules  # noqa: E402
-from flamingo_jax.train import image_buffers, loop, metrics, optimizer, profile, state as state_lib  # noqa: E402
+from flamingo_jax.train import image_buffers, metrics, optimizer, profile, state as state_lib  # noqa: E402
 from flamingo_jax.train import step as step_lib  # noqa: E402
 from flamingo_jax.weights import load  # noqa: E402
 
@@ -92,7 +92,7 @@ def build(cfg, batches):
   with mesh, nn.logical_axis_rules(rule_set):
     state = state_lib.create_on_mesh(variables["params"], tx, shardings)
     step = step_lib.jit_train_step(cfg, mesh, shardings, step_lib.NonFinitePolicy.from_config(cfg.train), packing)
-    device_batches = {name: loop.global_batch(b, mesh) for name, b in batches.items()}
+    device_batches = {name: rules.global_batch(b, mesh) for name, b in batches.items()}
     start = time.perf_counter()
     compiled = step.lower(state, variables["frozen"], device_batches).compile()
     compile_s = time.perf_counter() - start

@@ -20,11 +20,14 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
   c.synthetic_dir = ""    # if set and it holds no shards, synthetic shards are written there first
   # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://; WebDataset
   # .tar or their .array_record conversions (python -m flamingo_jax.data.array_record).
+  # validation_shards: held-out shards of the same format, never trained on: the periodic
+  # validation loss (train.validate_every) and, for LAION, the real-vs-blank-image check at the end.
   # image_buffer: images per batch the vision tower runs on (flamingo_jax/train/image_buffers.py):
   # 0 derived from the data, -1 every slot (as OpenFlamingo), N that many real images.
-  c.laion = ml_collections.ConfigDict(dict(shards="", batch_size=64, max_tokens=32, image_buffer=0))
+  c.laion = ml_collections.ConfigDict(dict(shards="", validation_shards="", batch_size=64, max_tokens=32,
+                                           image_buffer=0))
   c.mmc4 = ml_collections.ConfigDict(dict(
-      shards="", batch_size=32, max_tokens=256, max_images=6, image_buffer=0,
+      shards="", validation_shards="", batch_size=32, max_tokens=256, max_images=6, image_buffer=0,
       sim_threshold=0.24,      # the README's value; the reference's CLI default (30) drops all
       min_images=1,
       min_image_bytes=11_000,  # the reference skips images with len(bytes) // 1000 <= 10
@@ -35,7 +38,9 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
     c.workers = 0
     c.read_threads = 4
     c.random_flip = False
-    c.laion.update(shards="runs/synthetic_shards/laion-*.tar", batch_size=16, max_tokens=16)
-    c.mmc4.update(shards="runs/synthetic_shards/mmc4-*.tar", batch_size=8, max_tokens=48,
+    c.laion.update(shards="runs/synthetic_shards/laion-*.tar",
+                   validation_shards="runs/synthetic_shards/held_out/laion-*.tar", batch_size=16, max_tokens=16)
+    c.mmc4.update(shards="runs/synthetic_shards/mmc4-*.tar",
+                  validation_shards="runs/synthetic_shards/held_out/mmc4-*.tar", batch_size=8, max_tokens=48,
                   max_images=3)
   return c

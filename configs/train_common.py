@@ -16,6 +16,9 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
                                           # A non-finite loss or gradient: "stop" the run, or
                                           # "skip" the update (error after this many in a row).
                                           non_finite="stop", max_skipped_in_a_row=10,
+                                          # The loss on the same held-out batches (each dataset's
+                                          # data.<name>.validation_shards) every N steps; 0: never.
+                                          validate_every=1000, validation_batches=8,
                                           profile_start=10, profile_steps=0,  # >0: trace steps
                                           profile_every_steps=0,  # >0: trace again
                                           # After training: caption this many held-out
@@ -24,6 +27,6 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)
-    c.train.update(num_steps=1000, log_every=50, final_captions=4)
+    c.train.update(num_steps=1000, log_every=50, final_captions=4, validate_every=250, validation_batches=4)
     c.checkpoint.update(every_steps=250)
   return c

@@ -8,10 +8,10 @@ A known problem prints one line, `error: …`, naming the field, file or key, an
 2 for usage and config (`UsageError`, a bad override, sweep or plan), 1 at run time (a missing or
 unreadable file, a checkpoint that does not match, bad data, a non-finite loss, or a ValueError
 that our own code raised with its message). Anything else is a bug and shows its traceback, as
-does every error when FLAMINGO_JAX_TRACEBACK=1 (or `--verbose` where a tool has it).
+does every error with `--verbose` (any absl tool) or FLAMINGO_JAX_TRACEBACK=1.
 
 Importing this module first quiets what a user cannot act on: TensorFlow's C++ start-up notices,
-transformers' "PyTorch was not found" advice (FLAMINGO_JAX_VERBOSE=1 keeps them).
+transformers' "PyTorch was not found" advice (`--verbose` or FLAMINGO_JAX_VERBOSE=1 keeps them).
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from typing import Callable
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _CONFIGS = os.path.join(os.path.dirname(_PACKAGE), "configs")
 
-if os.environ.get("FLAMINGO_JAX_VERBOSE", "") in ("", "0"):
+# Read here, before TensorFlow or transformers load: their notices are settled when they do.
+VERBOSE = os.environ.get("FLAMINGO_JAX_VERBOSE", "") not in ("", "0") or "--verbose" in sys.argv[1:]
+if not VERBOSE:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # oneDNN and CPU-feature notices
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -83,7 +85,7 @@ def guard(main: Callable[..., int | None], *args) -> int:
     return main(*args) or 0
   except Exception as e:  # pylint: disable=broad-except
     code = exit_code(e)
-    if code is None or os.environ.get("FLAMINGO_JAX_TRACEBACK", "") not in ("", "0"):
+    if code is None or VERBOSE or os.environ.get("FLAMINGO_JAX_TRACEBACK", "") not in ("", "0"):
       traceback.print_exc()
       return code or 1
     print(one_line(e), file=sys.stderr, flush=True)
@@ -127,6 +129,8 @@ def _override_message(error: BaseException, argv: list[str]) -> str:
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-  """absl's app.run with this error surface around flag parsing and `main`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """absl's app.run with this error surface around flag parsing and `main`, and `--verbose`."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Library start-up notices, and a traceback with every error.")
   app.run(lambda argv: sys.exit(guard(main, argv)), flags_parser=_parse_flags)

@@ -76,6 +76,11 @@ def _training(cfg: ml_collections.ConfigDict) -> list[str]:
     out.append(f"train.num_steps={cfg.train.num_steps}: must be at least 1")
   if cfg.checkpoint.every_steps < 1:
     out.append(f"checkpoint.every_steps={cfg.checkpoint.every_steps}: must be at least 1")
+  if cfg.train.validate_every < 0:
+    out.append(f"train.validate_every={cfg.train.validate_every}: must be 0 (never) or a number of steps")
+  if cfg.train.validation_batches < 1 and any(cfg.data[n].validation_shards for n in DATASETS):
+    out.append(f"train.validation_batches={cfg.train.validation_batches}: must be at least 1 "
+               "(or leave data.<name>.validation_shards empty)")
   return out
 
 

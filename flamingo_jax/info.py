@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
-from absl import app
 from ml_collections import config_flags
 
 from flamingo_jax.models import rules, shapes

@@ -28,6 +28,8 @@ CASES = [  # (tool, arguments, exit code, what the error line names)
     ("train", [TINY, f"--workdir={OUT}", "--config.data.laion.batch_size=0"], 2, "data.laion.batch_size=0"),
     ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=", "--config.data.laion.shards=/nowhere/laion-*.tar"],
      1, "/nowhere/laion-*.tar"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.laion.validation_shards=/nowhere/val-*.tar"], 1,
+     "data.laion.validation_shards: No shards match '/nowhere/val-*.tar'"),
     ("train", [TINY, f"--workdir={OUT}", "--config.checkpoint.base=/nowhere/base"], 1, "/nowhere/base"),
     ("train", [TINY, f"--workdir={OUT}", "--config.tokenizer_path=/nowhere/tokenizer"], 1, "/nowhere/tokenizer"),
     ("train", [TINY, f"--workdir={OUT}", "--config.data.mmc4.matching=closest"], 1, "closest"),
@@ -82,6 +84,8 @@ def test_config_rules_each_name_their_field():
       "train.non_finite": ("ignore", "train.non_finite='ignore'"),
       "train.num_steps": (0, "train.num_steps=0"),
       "checkpoint.every_steps": (0, "checkpoint.every_steps=0"),
+      "train.validate_every": (-5, "train.validate_every=-5"),
+      "train.validation_batches": (0, "train.validation_batches=0: must be at least 1"),
   }
   for path, (value, message) in broken.items():
     cfg = ok.copy_and_resolve_references().unlock()

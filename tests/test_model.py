@@ -9,7 +9,6 @@ from configs import common, of_3b, of_4b, of_9b, tiny
 from flamingo_jax import info
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.models.flamingo import Flamingo
-from oracle import reference_models as ref
 
 
 def _tiny_inputs(cfg, batch=4, images=2, length=12, seed=0):

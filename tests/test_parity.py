@@ -1,5 +1,4 @@
 """Parity with open_flamingo's PyTorch `Flamingo` (fp32 logits within 1e-4 max abs)."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -136,7 +136,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from flamingo_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("shards", None, "WebDataset tar shards: globs, {000..099} ranges, comma lists.",
                       required=True)

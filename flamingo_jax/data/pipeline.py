@@ -28,8 +28,7 @@ from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import special_ids
 
 __all__ = ["DATASETS", "Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
-           "ensure_synthetic_shards", "first_batches", "local_source"]
-
+           "validation_batches", "ensure_synthetic_shards", "first_batches", "local_source", "training_order"]
 
 
 class _Preprocess:
@@ -78,6 +77,14 @@ def local_source(name: str, cfg: ml_collections.ConfigDict, process_index: int =
   return ds[process_index::process_count] if slice_samples else ds
 
 
+def training_order(name: str, cfg: ml_collections.ConfigDict, process_index: int = 0,
+                   process_count: int = 1) -> grain.MapDataset:
+  """This process's raw records in the order training reads them, without end: a seeded shuffle,
+  drawn anew each epoch (record i of epoch e is `training_order(...)[e * len(source) + i]`)."""
+  ds = local_source(name, cfg, process_index, process_count)
+  return ds.shuffle(seed=cfg.seed + DATASETS.index(name)).repeat()  # shuffle first: per epoch
+
+
 def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCounter, *,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """The batched, infinite Grain dataset for 'laion' or 'mmc4' (per-process batch size)."""
@@ -85,8 +92,7 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   if batch_size % process_count:
     raise ValueError(f"{name} batch size {batch_size} is not divisible by {process_count} processes")
   seed = cfg.seed + DATASETS.index(name)
-  ds = local_source(name, cfg, process_index, process_count)
-  ds = ds.shuffle(seed=seed).repeat()  # shuffle first: Grain reshuffles each epoch
+  ds = training_order(name, cfg, process_index, process_count)
   ds = ds.random_map(_Preprocess(name, cfg, tok), seed=seed)
   local = batch_size // process_count
   # Bounded read-ahead: a preprocessed MMC4 sample is megabytes, Grain's default buffer 500.
@@ -157,14 +163,35 @@ class CountingIterator(grain.DatasetIterator):
     self._counter.counts.update(state["skipped"])
 
 
+def validation_batches(name: str, cfg: ml_collections.ConfigDict, tok, n: int, *, process_index: int = 0,
+                       process_count: int = 1) -> tuple[list[dict[str, np.ndarray]], SkipCounter, int]:
+  """The first `n` batches of a dataset's held-out shards (`data.<name>.validation_shards`), this
+  process's part: the same batches for every call (seeded order, no flips, read in this process).
+  Also their skip counter and how many samples the held-out shards hold (this process's part)."""
+  held_out = cfg.copy_and_resolve_references()
+  with held_out.unlocked():
+    held_out[name].shards = cfg[name].validation_shards
+    held_out.update(random_flip=False, workers=0)
+  try:
+    available = len(local_source(name, held_out, process_index, process_count))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"data.{name}.validation_shards: {e}") from e
+  counter = SkipCounter()
+  it = iter(make_dataset(name, held_out, tok, counter, process_index=process_index, process_count=process_count))
+  return [next(it) for _ in range(n)], counter, available
+
+
 def ensure_synthetic_shards(cfg: ml_collections.ConfigDict) -> None:
-  """Writes the synthetic shards a config points at if they are missing (tiny runs, tests)."""
+  """Writes the synthetic shards a config points at (training and held-out) if they are missing
+  (tiny runs, tests)."""
   if not cfg.get("synthetic_dir"):
     return
-  if not glob.glob(os.path.join(cfg.synthetic_dir, "*.tar")):
-    from flamingo_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    print(f"Writing synthetic shards to {cfg.synthetic_dir} ...", flush=True)
-    synthetic.write_shards(cfg.synthetic_dir, image_size=cfg.image_size, seed=cfg.seed)
+  from flamingo_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  for directory in (cfg.synthetic_dir, os.path.join(cfg.synthetic_dir, synthetic.HELD_OUT_DIR)):
+    if not glob.glob(os.path.join(directory, "*.tar")):
+      print(f"Writing synthetic shards to {cfg.synthetic_dir} ...", flush=True)
+      synthetic.write_shards(cfg.synthetic_dir, image_size=cfg.image_size, seed=cfg.seed)
+      return
 
 
 def first_batches(iters: dict, n: int = 1) -> list[dict[str, dict[str, np.ndarray]]]:

@@ -149,20 +149,104 @@ def mmc4_shard(path: str, rng: np.random.Generator, samples: int, size: int, bro
       _add(tar, f"{key}.json", data)
 
 
+HELD_OUT_DIR = "held_out"
+
+
 def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4, samples_per_shard: int = 64,
-                 image_size: int = 64, seed: int = 0) -> dict[str, list[str]]:
-  """Writes `out/laion-NNNNN.tar` and `out/mmc4-NNNNN.tar` (shard 0 of each holds broken samples);
-  returns their paths. The same arguments give byte-identical files."""
-  os.makedirs(out, exist_ok=True)
-  paths = {"laion": [], "mmc4": []}
+                 image_size: int = 64, seed: int = 0, held_out_shards: int = 1) -> dict[str, list[str]]:
+  """Writes `out/laion-NNNNN.tar` and `out/mmc4-NNNNN.tar` (shard 0 of each holds broken samples)
+  and, apart from them, `held_out_shards` of each under `out/held_out/` (the validation data: drawn
+  from other seeds, never matched by the training globs); returns
+  {"laion": [...], "mmc4": [...], "laion_held_out": [...], "mmc4_held_out": [...]}.
+  The same arguments give byte-identical files."""
+  paths = {}
   for kind, count, write in (("laion", laion_shards, laion_shard), ("mmc4", mmc4_shards, mmc4_shard)):
-    for s in range(count):
-      path = os.path.join(out, f"{kind}-{s:05d}.tar")
-      rng = np.random.default_rng([seed, s, kind == "mmc4"])
-      write(path + ".tmp", rng, samples_per_shard, image_size, broken=s == 0)
-      os.replace(path + ".tmp", path)  # a shard is whole or absent
-      paths[kind].append(path)
+    for held_out, n in ((False, count), (True, held_out_shards)):
+      directory = os.path.join(out, HELD_OUT_DIR) if held_out else out
+      os.makedirs(directory, exist_ok=True)
+      written = paths.setdefault(f"{kind}_held_out" if held_out else kind, [])
+      for s in range(n):
+        path = os.path.join(directory, f"{kind}-{s:05d}.tar")
+        rng = np.random.default_rng([seed, s, kind == "mmc4", *([1] if held_out else [])])
+        write(path + ".tmp", rng, samples_per_shard, image_size, broken=s == 0 and not held_out)
+        os.replace(path + ".tmp", path)  # a shard is whole or absent
+        written.append(path)
   return paths
+
+
+LAION_FAULTS = ("undecodable_image", "missing_field", "missing_field", "empty_text")  # (no image, no text)
+MMC4_FAULTS = ("bad_json", "missing_field", "undecodable_image", "no_valid_image", "below_similarity_threshold")
+
+
+def tag(i: int) -> str:
+  """A sample's name in letters, which the tiny tokenizer keeps intact: 0 -> 'a', 27 -> 'bb'."""
+  out = ""
+  while True:
+    out = "abcdefghijklmnopqrstuvwxyz"[i % 26] + out
+    i //= 26
+    if not i:
+      return out
+
+
+def _faulty_laion(rng: np.random.Generator, key: str, name: str, fault: str | None, size: int) -> list[tuple[str, bytes]]:
+  img, _ = draw(rng, size)
+  members = {"jpg": jpeg(img), "txt": f"sample {name}".encode()}
+  if fault == "undecodable_image":
+    members["jpg"] = b"not a jpeg" * 100
+  elif fault == "missing_field":
+    del members["jpg" if rng.random() < 0.5 else "txt"]
+  elif fault == "empty_text":
+    members["txt"] = b"  \n "
+  return [(f"{key}.{ext}", data) for ext, data in members.items()]
+
+
+def _faulty_mmc4(rng: np.random.Generator, key: str, name: str, fault: str | None, size: int) -> list[tuple[str, bytes]]:
+  """A document that names itself ("document <name>") with two captioned images (so that it is
+  never one of the single-image documents the reference drops at random), or its broken form."""
+  drawn = [draw(rng, size) for _ in range(2)]
+  text_list = [f"document {name}", drawn[0][1], drawn[1][1], str(rng.choice(FILLER))]
+  images = [_b64(jpeg(img)) for img, _ in drawn]
+  sim = [[0.1, 0.3, 0.1, 0.1], [0.1, 0.1, 0.3, 0.1]]
+  if fault == "undecodable_image":
+    images = [_b64(b"x" * 12000)] * 2
+  elif fault == "no_valid_image":
+    images = [_b64(jpeg(draw(rng, 32)[0], quality=60))] * 2  # under the 11 KB filter
+  elif fault == "below_similarity_threshold":
+    sim = [[0.1] * 4] * 2
+  doc = {"text_list": text_list, "similarity_matrix": sim,
+         "image_info": [{"image_name": f"img{k}.jpg", "image_base64": b} for k, b in enumerate(images)]}
+  if fault == "missing_field":
+    del doc["text_list"]
+  data = json.dumps(doc).encode()
+  return [(f"{key}.json", data[:len(data) // 3] if fault == "bad_json" else data)]
+
+
+def write_faulty_shards(out: str, kind: str, *, shards: int = 4, samples_per_shard: int = 50, bad_every: int = 10,
+                        image_size: int = 64, seed: int = 0) -> dict[str, str | None]:
+  """`out/{kind}-NNNNN.tar` shards in which every `bad_every`-th sample is broken, cycling through
+  every fault the pipeline skips, and the last sample of each shard is cut off mid-member (the file
+  truncated, as an interrupted copy leaves it). Each good sample names itself in its text
+  ("sample <tag>", "document <tag>"), so a batch says which samples it holds. Returns
+  {sample key: the skip reason the pipeline must give it, or None for a good sample}."""
+  faults, make = {"laion": (LAION_FAULTS, _faulty_laion), "mmc4": (MMC4_FAULTS, _faulty_mmc4)}[kind]
+  os.makedirs(out, exist_ok=True)
+  manifest, n_bad = {}, 0
+  for s in range(shards):
+    path, rng = os.path.join(out, f"{kind}-{s:05d}.tar"), np.random.default_rng([seed, s, 7])
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+      for i in range(samples_per_shard):
+        key, fault = f"{kind}{s:02d}_{i:04d}", None
+        if i % bad_every == bad_every - 1 and i < samples_per_shard - 1:
+          fault, n_bad = faults[n_bad % len(faults)], n_bad + 1
+        for name, data in make(rng, key, tag(len(manifest)), fault, image_size):
+          _add(tar, name, data)
+        manifest[key] = "missing_field" if fault == "missing_field" else fault
+    with tarfile.open(path) as tar:
+      last = tar.getmembers()[-1]
+    with open(path, "r+b") as f:
+      f.truncate(last.offset_data + last.size // 2)
+    manifest[key] = "unreadable_member"
+  return manifest
 
 
 def corpus(seed: int = 0, n: int = 2000) -> list[str]:
@@ -209,7 +293,9 @@ def main() -> None:
     return
   paths = write_shards(a.out, laion_shards=a.laion_shards, mmc4_shards=a.mmc4_shards,
                        samples_per_shard=a.samples_per_shard, image_size=a.image_size, seed=a.seed)
-  print(f"wrote {len(paths['laion'])} LAION and {len(paths['mmc4'])} MMC4 shards to {a.out}")
+  print(f"wrote {len(paths['laion'])} LAION and {len(paths['mmc4'])} MMC4 shards to {a.out} and "
+        f"{len(paths['laion_held_out'])} + {len(paths['mmc4_held_out'])} held-out ones to "
+        f"{os.path.join(a.out, HELD_OUT_DIR)}")
 
 
 if __name__ == "__main__":

@@ -55,14 +55,21 @@ class TarShardSource:
     try:
       with epath.Path(shard).open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         groups: dict[str, list[_Member]] = {}
-        for info in tar:
-          if not info.isfile():
-            continue
-          split = _split_name(info.name)
-          if split is None:
-            continue
-          key, ext = split
-          groups.setdefault(key, []).append(_Member(ext, info.offset_data, info.size))
+        try:
+          for info in tar:
+            if not info.isfile():
+              continue
+            split = _split_name(info.name)
+            if split is None:
+              continue
+            key, ext = split
+            groups.setdefault(key, []).append(_Member(ext, info.offset_data, info.size))
+        except tarfile.ReadError as e:
+          if not groups:
+            raise
+          # A shard cut short (an interrupted copy): keep the samples before the cut; the one it
+          # cuts through reads short and is skipped and counted as "unreadable_member".
+          logging.warning("Shard %s ends early (%s): reading the %d samples before the end", shard, e, len(groups))
     except (OSError, tarfile.TarError) as e:
       raise ShardError(f"Cannot read shard {shard!r}: {e}") from e
     for key, members in groups.items():

@@ -102,7 +102,6 @@ def beam_search(prefill: Callable, extend: Callable, input_ids: np.ndarray, s: D
   b, prompt_len = input_ids.shape
   nb = s.num_beams
   max_len = prompt_len + s.max_new_tokens
-  keep = max(2, 1 + len(s.eos_token_ids)) * nb
   logits, state = prefill(max_len)
   # Every beam of a row starts from the same prompt state.
   rows = jnp.repeat(jnp.arange(b), nb)

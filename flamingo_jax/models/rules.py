@@ -63,6 +63,12 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Process-local numpy batches -> global arrays sharded over (data, fsdp)."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+          for k, v in local.items()}
+
+
 def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 

@@ -27,7 +27,7 @@ import os
 import sys
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally file.py:arg).",

@@ -18,7 +18,8 @@ from flamingo_jax.sweep import runner
 from flamingo_jax.train import metrics
 
 COLUMNS = ("status", "steps", "loss_mmc4 final", "loss_mmc4 best", "loss_laion final", "loss_laion best",
-           "held-out loss", "held-out loss, blank images", "samples/s", "MFU")
+           "validation loss final", "validation loss best", "held-out loss", "held-out loss, blank images",
+           "samples/s", "MFU")
 
 
 def collect(root: str) -> tuple[list[str], list[dict[str, Any]], dict[str, dict[int, float]]]:
@@ -51,6 +52,7 @@ def _metric_columns(scalars: dict[str, dict[int, float]]) -> dict[str, Any]:
   median = lambda tag: float(np.median(list(scalars[tag].values()))) if scalars.get(tag) else None
   return {"loss_mmc4 final": last("loss_mmc4"), "loss_mmc4 best": best("loss_mmc4"),
           "loss_laion final": last("loss_laion"), "loss_laion best": best("loss_laion"),
+          "validation loss final": last("val/loss"), "validation loss best": best("val/loss"),
           "held-out loss": last("eval/loss_real_images"),
           "held-out loss, blank images": last("eval/loss_blank_images"),
           "samples/s": median("perf/samples_per_s"), "MFU": median("perf/mfu")}

@@ -10,7 +10,7 @@ the same command on every host (see flamingo_jax/runtime.py for how the hosts fi
 from __future__ import annotations
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from flamingo_jax import runtime

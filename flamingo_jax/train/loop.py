@@ -30,7 +30,7 @@ from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, step as step_lib
-from flamingo_jax.train import state as state_lib
+from flamingo_jax.train import state as state_lib, validation as validation_lib
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
 from flamingo_jax.weights import load
@@ -84,6 +84,8 @@ class TrainRun:
   preemption: _Preemption
   non_finite: NonFinitePolicy
   packing: dict  # {dataset: (groups, per_group) or None}: train/image_buffers.py
+  validation: validation_lib.Validation | None  # None: no held-out shards
+  validated: list[dict[str, float]] = dataclasses.field(default_factory=list)  # each validation's losses
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
@@ -106,6 +108,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   multihost_utils.sync_global_devices("synthetic shards written")
   iters, skips = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
                                                process_count=jax.process_count())
+  validation = validation_lib.Validation.from_config(cfg, tok, mesh)
   variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
@@ -130,7 +133,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   step_fn = step_lib.jit_train_step(cfg, mesh, shardings, non_finite, packing)
   return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, skips, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
-                  non_finite, packing)
+                  non_finite, packing, validation)
 
 
 def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> ml_collections.ConfigDict:
@@ -145,19 +148,13 @@ def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -
   return cfg
 
 
-def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Process-local numpy batches -> global arrays sharded over (data, fsdp)."""
-  return {k: jax.make_array_from_process_local_data(rules.batch_sharding(mesh, v.ndim), v)
-          for k, v in local.items()}
-
-
 def next_batches(run: TrainRun) -> dict[str, dict[str, jax.Array]]:
   """The next global batch of every dataset, checked against the batch contract."""
   out = {}
   for name, it in run.iterators.items():
     local = next(it)
     image_buffers.check(name, local["image_mask"], run.packing[name], jax.process_count())
-    out[name] = global_batch(local, run.mesh)
+    out[name] = rules.global_batch(local, run.mesh)
     batch_lib.check_batch(name, out[name], batch_lib.batch_shapes(name, run.cfg.data))
   return out
 
@@ -199,7 +196,20 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
         run.ckpt.wait()
         print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
         raise SystemExit(0)
+      every = cfg.train.validate_every
+      if run.validation and every and (step % every == 0 or step == cfg.train.num_steps):
+        _validate(run, step)
   return history
+
+
+def _validate(run: TrainRun, step: int) -> None:
+  """The validation loss of the weights after `step`: logged, printed and kept in `run.validated`."""
+  out = run.validation.losses(run.state.params, run.frozen)
+  run.writer.write_scalars(step, {**out, **{f"val/skipped/{k}": float(v) for k, v in run.validation.skipped.items()}})
+  parts = [f"total {out['val/loss']:.4f}"] if "val/loss" in out else []
+  parts += [f"{name} {out[f'val/loss_{name}']:.4f}" for name in batch_lib.DATASETS if f"val/loss_{name}" in out]
+  print(f"step {step}/{run.cfg.train.num_steps}  validation loss (held-out) {'  '.join(parts)}", flush=True)
+  run.validated.append({"step": step, **out})
 
 
 def _finish_step(run: TrainRun, step: int, m: dict, throughput, t0: float,
@@ -231,10 +241,12 @@ def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, 
 
 @dataclasses.dataclass
 class TrainResult:
-  """What a run logged (one dict per logged step) and its final real-vs-blank-image evaluation."""
+  """What a run logged (one dict per logged step), its validation losses (one dict per validation)
+  and its final real-vs-blank-image evaluation on held-out LAION (empty without held-out shards)."""
   history: list[dict[str, float]]
   final: dict[str, float]
   state: Any
+  validated: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -251,29 +263,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
   if cfg.train.get("final_captions", 0) and jax.process_count() == 1:  # (a tiny run's show)
     caption_held_out_images(run, cfg.train.final_captions)
   print(f"TensorBoard logs: {run.workdir}   Orbax checkpoints: {run.ckpt.directory}", flush=True)
-  return TrainResult(history, final, run.state)
+  return TrainResult(history, final, run.state, run.validated)
 
 
-def evaluate_image_dependence(run: TrainRun, batches: int = 4) -> dict[str, float]:
-  """Loss on held-out LAION batches with their real images and with blank images: a model that
-  learned to look does much better with the real ones."""
-  cfg = run.cfg
-  held_out = cfg.data.copy_and_resolve_references()
-  with held_out.unlocked():
-    held_out.seed = cfg.data.seed + 1000
-  iters, _ = pipeline.make_train_iterators(held_out, run.tokenizer, process_index=jax.process_index(),
-                                           process_count=jax.process_count())
-  eval_fn = jax.jit(step_lib.make_eval_loss(cfg.model))
-  real, blank = [], []
+def evaluate_image_dependence(run: TrainRun) -> dict[str, float]:
+  """Loss on the held-out LAION batches with their real images and with blank images (empty
+  without held-out LAION shards): a model that learned to look does much better with the real ones."""
+  if not run.validation:
+    return {}
   with run.context():
-    for _ in range(batches):
-      b = global_batch(next(iters["laion"]), run.mesh)
-      r, z = eval_fn(run.state.params, run.frozen, b)
-      real.append(float(r))
-      blank.append(float(z))
-  out = {"eval/loss_real_images": float(np.mean(real)), "eval/loss_blank_images": float(np.mean(blank))}
-  print(f"held-out caption loss: real images {out['eval/loss_real_images']:.4f}, blank images "
-        f"{out['eval/loss_blank_images']:.4f}", flush=True)
+    out = run.validation.image_dependence(run.state.params, run.frozen)
+  if out:
+    print(f"held-out caption loss: real images {out['eval/loss_real_images']:.4f}, blank images "
+          f"{out['eval/loss_blank_images']:.4f}", flush=True)
   return out
 
 

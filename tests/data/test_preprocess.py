@@ -2,7 +2,6 @@
 transform, and the synthetic shards themselves."""
 import base64
 import filecmp
-import io
 import json
 import os
 
@@ -13,7 +12,7 @@ import tokenizers
 import transformers
 from PIL import Image
 
-from flamingo_jax.data import image_preprocess, labels, mmc4, synthetic, tokenizer
+from flamingo_jax.data import image_preprocess, labels, mmc4, pipeline, synthetic, tokenizer
 from flamingo_jax.data.skips import Skip
 from flamingo_jax.data.tar_source import TarShardSource
 from flamingo_jax.data.text import TextEncoder
@@ -158,6 +157,11 @@ def test_synthetic_shards_are_deterministic_and_well_formed(tmp_path, shards):
   again = synthetic.write_shards(str(tmp_path), laion_shards=2, mmc4_shards=2, samples_per_shard=24, seed=0)
   for path in again["laion"] + again["mmc4"]:
     assert filecmp.cmp(path, os.path.join(shards, os.path.basename(path)), shallow=False), path
+  # The held-out shards lie apart (the training globs do not match them) and share no image.
+  assert all(os.path.dirname(p) == str(tmp_path / "held_out") for p in again["laion_held_out"] + again["mmc4_held_out"])
+  assert not set(pipeline.expand_shards(str(tmp_path / "*.tar"))) & set(again["laion_held_out"] + again["mmc4_held_out"])
+  images = lambda paths: {r["jpg"] for r in TarShardSource(paths) if "jpg" in r}
+  assert not images(again["laion"]) & images(again["laion_held_out"]) and len(images(again["laion_held_out"])) == 24
   other = synthetic.write_shards(str(tmp_path / "s1"), laion_shards=1, mmc4_shards=0, samples_per_shard=4, seed=1)
   assert not filecmp.cmp(other["laion"][0], again["laion"][0], shallow=False)
   docs = [json.loads(r["json"]) for r in TarShardSource(again["mmc4"][1:])]

@@ -44,6 +44,8 @@ def _launch(shards: str, workdir: str, num_steps: int, every_steps: int) -> list
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "flamingo_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
          f"--config.data.laion.shards={shards}/laion-*.tar", f"--config.data.mmc4.shards={shards}/mmc4-*.tar",
+         f"--config.data.laion.validation_shards={shards}/held_out/laion-*.tar",
+         f"--config.data.mmc4.validation_shards={shards}/held_out/mmc4-*.tar",
          "--config.data.synthetic_dir=", f"--config.train.num_steps={num_steps}", "--config.train.log_every=1",
          f"--config.checkpoint.every_steps={every_steps}", "--config.checkpoint.keep=10"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -61,7 +63,8 @@ def _finish(procs) -> list[str]:
 
 def _step_lines(out: str) -> list[str]:
   # Without the timing fields, which differ between hosts.
-  return [line.split(" samples/s")[0].rsplit(" ", 1)[0] for line in out.splitlines() if line.startswith("step ")]
+  return [line.split(" samples/s")[0].rsplit(" ", 1)[0] for line in out.splitlines()
+          if line.startswith("step ") and "validation loss" not in line]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,8 @@ def test_two_processes_train_as_one_job(straight_run):
   workdir, outs = straight_run
   lines = [_step_lines(out) for out in outs]
   assert len(lines[0]) == 20 and lines[0] == lines[1]  # Every host sees the same global loss.
+  validation = [[line for line in out.splitlines() if "validation loss (held-out)" in line] for out in outs]
+  assert len(validation[0]) == 1 and validation[0] == validation[1]  # and the same held-out loss
   step_dir = checkpoint.Checkpointer(workdir, 10).directory / "20"
   for name in pipeline.DATASETS:
     # Each host reads its own part of the data, so each has its own position in it.

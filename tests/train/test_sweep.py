@@ -25,9 +25,9 @@ from flamingo_jax import sweep
 def get_config(arg=None):
   c = tiny.get_config(arg).unlock()
   c.data.synthetic_dir = ""
-  c.data.laion.shards = "{shards}/laion-*.tar"
-  c.data.mmc4.shards = "{shards}/mmc4-*.tar"
-  c.train.update(num_steps=6, log_every=1, final_captions=0)
+  c.data.laion.update(shards="{shards}/laion-*.tar", validation_shards="{shards}/held_out/laion-*.tar")
+  c.data.mmc4.update(shards="{shards}/mmc4-*.tar", validation_shards="{shards}/held_out/mmc4-*.tar")
+  c.train.update(num_steps=6, log_every=1, final_captions=0, validate_every=3, validation_batches=2)
   c.checkpoint.every_steps = 2
   return c.lock()
 
@@ -148,7 +148,7 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   assert [r["point"] for r in rows] == [first, second] and {r["status"] for r in rows} == {"done"}
   assert [r["steps"] for r in rows] == ["6/6", "30/30"]
   assert all(float(r["held-out loss"]) > 0 and float(r["loss_mmc4 final"]) > 0
-             for r in rows)
+             and float(r["validation loss best"]) <= float(r["validation loss final"]) for r in rows)
   table = (root / "summary.md").read_text()
   assert table.startswith("| point | seed | train.num_steps | status |") and table in text
   assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

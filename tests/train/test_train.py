@@ -1,11 +1,14 @@
 """Training: sharded == single-device step, learning, exact resume (from a gs:// workdir),
 frozen weights untouched, no optimizer state for frozen weights, non-finite stop and skip (a
 SIGTERM'd run's checkpoint: tests/train/test_sweep.py)."""
+import collections
 import os
+import re
 import subprocess
 import sys
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from configs import tiny
-from flamingo_jax.data import pipeline, synthetic, tokenizer
+from flamingo_jax.data import pipeline, synthetic
 from flamingo_jax.models import rules, shapes
 from flamingo_jax.train import checkpoint, loop, metrics, optimizer, step as step_lib
 from flamingo_jax.train.state import TrainState
@@ -26,8 +29,10 @@ def _cfg(shards, **train):
   c = tiny.get_config().unlock()
   c.tokenizer_path = os.path.join(REPO, c.tokenizer_path)
   c.data.synthetic_dir = ""
-  c.data.laion.update(shards=os.path.join(shards, "laion-*.tar"), batch_size=16)
-  c.data.mmc4.update(shards=os.path.join(shards, "mmc4-*.tar"), batch_size=8)
+  c.data.laion.update(shards=os.path.join(shards, "laion-*.tar"), batch_size=16,
+                      validation_shards=os.path.join(shards, "held_out", "laion-*.tar"))
+  c.data.mmc4.update(shards=os.path.join(shards, "mmc4-*.tar"), batch_size=8,
+                     validation_shards=os.path.join(shards, "held_out", "mmc4-*.tar"))
   c.train.update({"log_every": 1, "final_captions": 0, **train})  # (captions: test_loss_falls_and_resume_is_exact)
   c.optim.update(warmup_steps=2, learning_rate=3e-3)
   return c
@@ -55,7 +60,7 @@ def _one_step(cfg, non_finite=None):
   step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite))
   with mesh, nn.logical_axis_rules(rule_set):
     state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
-    batches = {k: loop.global_batch(v, mesh) for k, v in _batches(cfg).items()}
+    batches = {k: rules.global_batch(v, mesh) for k, v in _batches(cfg).items()}
     frozen_before = jax.device_get(variables["frozen"])
     state, metrics = step(state, variables["frozen"], batches)
     out = jax.device_get(state.params), jax.device_get(metrics), frozen_before, jax.device_get(variables["frozen"])
@@ -64,7 +69,7 @@ def _one_step(cfg, non_finite=None):
     bad = _batches(cfg, seed=1)
     bad["laion"]["images"][0] = np.nan
     before = jax.device_get(state)
-    skipped, m = step(state, variables["frozen"], {k: loop.global_batch(v, mesh) for k, v in bad.items()})
+    skipped, m = step(state, variables["frozen"], {k: rules.global_batch(v, mesh) for k, v in bad.items()})
   return out, (before, jax.device_get(skipped), jax.device_get(m))
 
 
@@ -109,13 +114,20 @@ def test_optimizer_state_has_no_frozen_leaves():
 
 @pytest.mark.slow
 def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket, capfd):
-  straight = loop.train_and_evaluate(_cfg(shards, num_steps=30, final_captions=2), str(tmp_path / "a"))
+  straight = loop.train_and_evaluate(_cfg(shards, num_steps=30, final_captions=2, validate_every=10),
+                                     str(tmp_path / "a"))
   out = capfd.readouterr().out
   assert "compiled again" not in out  # 30 steps, one program
   captions = out.split("held-out images, true caption -> the trained model's:\n")[1].splitlines()[:2]
   assert all(line.startswith(f"  {tmp_path / 'a' / 'samples'}") and " -> " in line for line in captions), out[-2000:]
   losses = [h["loss"] for h in straight.history]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+  # The validation loss, on held-out shards: every 10 steps, printed, falling.
+  assert [v["step"] for v in straight.validated] == [10, 20, 30]
+  assert straight.validated[-1]["val/loss"] < straight.validated[0]["val/loss"]
+  last = straight.validated[-1]
+  assert (f"step 30/30  validation loss (held-out) total {last['val/loss']:.4f}  laion {last['val/loss_laion']:.4f}"
+          f"  mmc4 {last['val/loss_mmc4']:.4f}\n") in out
   # The workdir is a model: its latest step's trainable weights, and the frozen weights of the
   # seeded initialisation it recorded (made here on one device, there on the run's mesh).
   loaded = load.load_model(str(tmp_path / "a"))
@@ -128,20 +140,21 @@ def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket, capfd):
   # (TensorStore, google-cloud-storage) and the TensorBoard logs (TensorFlow) go through the real
   # clients to the local GCS emulator.
   workdir = "gs://bucket/run"
-  cfg = _cfg(shards, num_steps=15)
+  cfg = _cfg(shards, num_steps=15, validate_every=10)
   cfg.checkpoint.every_steps = 5
   loop.train_and_evaluate(cfg, workdir)
-  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30), workdir)
+  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=30, validate_every=10), workdir)
   events = tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*")
   tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path)
           for v in e.summary.value}
   assert [h["step"] for h in resumed.history] == list(range(16, 31))
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], losses[15:])
+  assert resumed.validated == straight.validated[1:]  # the same held-out batches, the same weights
   # The skip counts are the run's totals: the checkpoint carries them with the data position.
   skipped = lambda h: {k: v for k, v in h.items() if k.startswith("skipped/")}
   assert skipped(resumed.history[-1]) == skipped(straight.history[-1]) and sum(skipped(straight.history[-1]).values()) > 0
   assert os.path.isdir(tmp_path / "gcs" / "bucket" / "run" / "checkpoints" / "15" / "state")
-  assert len(events) == 2 and {"loss", "lr", "eval/loss_real_images"} <= tags, tags
+  assert len(events) == 2 and {"loss", "lr", "eval/loss_real_images", "val/loss", "val/loss_laion"} <= tags, tags
   assert not os.path.exists("gs:")  # nothing of the bucket's path was made locally
   earlier = load.load_model(workdir, step=15)  # a chosen step of a gs:// workdir
   assert earlier.source.startswith("step 15 of gs://bucket/run")
@@ -168,6 +181,63 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_resumes(shard
   assert [h["step"] for h in resumed.history] == [5, 6, 7, 8]
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history[4:]])
   assert checkpoint.Checkpointer(str(tmp_path), 3).latest_step() == 8  # the resumed run saved step 8 anew
+
+
+class _Recorder(grain.DatasetIterator):
+  """Passes a dataset's batches on to the run and keeps their token ids (what was trained on)."""
+
+  def __init__(self, inner: grain.DatasetIterator):
+    super().__init__(inner)
+    self._inner, self.ids = inner, []
+
+  def __next__(self):
+    batch = next(self._inner)
+    self.ids.append(batch["input_ids"].copy())
+    return batch
+
+  def get_state(self):
+    return self._inner.get_state()
+
+  def set_state(self, state):
+    self._inner.set_state(state)
+
+
+@pytest.mark.slow
+def test_faulty_shards_every_good_sample_once_an_epoch_every_bad_one_counted(tmp_path):
+  """About 11% bad samples of every kind the pipeline skips, and every shard cut off mid-member:
+  the run trains on the good samples in the seeded shuffled order, each once in the first epoch,
+  and counts every bad one under its reason."""
+  data = tmp_path / "faulty"
+  manifests = {"laion": synthetic.write_faulty_shards(str(data), "laion", samples_per_shard=45),
+               "mmc4": synthetic.write_faulty_shards(str(data), "mmc4", samples_per_shard=25)}
+  cfg = _cfg(str(data), num_steps=12, validate_every=0)  # 10 (LAION) and 11 (MMC4) batches an epoch
+  for name in manifests:
+    cfg.data[name].validation_shards = ""
+  run = loop.setup(cfg, str(tmp_path / "run"))
+  run.iterators = {name: _Recorder(it) for name, it in run.iterators.items()}
+  try:
+    history = loop.run_steps(run)
+  finally:
+    run.preemption.restore()
+    run.ckpt.close()
+  for name, word in (("laion", "sample"), ("mmc4", "document")):
+    manifest = manifests[name]
+    key_of = {synthetic.tag(i): key for i, key in enumerate(manifest)}
+    used = [key_of[re.search(rf"{word} ([a-z]+)", run.tokenizer.decode(row.tolist())).group(1)]
+            for ids in run.iterators[name].ids for row in ids]
+    order, expected, skips = pipeline.training_order(name, cfg.data), [], collections.Counter()
+    while len(expected) < len(used):  # the records the run read, in its order, good or bad
+      key = order[len(expected) + sum(skips.values())]["__key__"]
+      if manifest[key] is None:
+        expected.append(key)
+      else:
+        skips[f"{name}/{manifest[key]}"] += 1
+    good = [key for key, reason in manifest.items() if reason is None]
+    planted = collections.Counter(f"{name}/{r}" for r in manifest.values() if r)
+    assert used == expected and sorted(used[:len(good)]) == sorted(good), name
+    assert 0.1 < sum(planted.values()) / len(manifest) < 0.13 and len(planted) == {"laion": 4, "mmc4": 6}[name]
+    logged = {k.removeprefix("skipped/"): v for k, v in history[-1].items() if k.startswith(f"skipped/{name}/")}
+    assert logged == skips and all(skips[k] >= n for k, n in planted.items()), (name, logged, planted)
 
 
 @pytest.mark.slow
