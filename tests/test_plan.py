@@ -89,11 +89,21 @@ def test_optimizer_moments_are_sharded_like_their_params():
 
 @pytest.mark.slow
 @needs_libtpu
-def test_plan_for_a_tpu_topology():
+def test_plan_for_a_tpu_topology(tmp_path):
   """The tiny config's train step compiled by the TPU compiler for 4 v5e chips: it fits, with
-  memory, FLOPs and bounds that hang together."""
+  memory, FLOPs and bounds that hang together; planned again, its numbers come from the plan
+  cache, and a changed step misses it."""
   cfg = tiny.get_config()
-  plan = core.make_plan(cfg, "v5e:2x2")
+  plan = core.make_plan(cfg, "v5e:2x2", cache_dir=str(tmp_path))
+  again = core.make_plan(cfg, "v5e:2x2", cache_dir=str(tmp_path))
+  assert not plan.cached and again.cached and again.cold_compile_s == plan.cold_compile_s == plan.compile_s
+  timing = ("compile_s", "cold_compile_s", "cached")
+  assert {k: v for k, v in again.to_json().items() if k not in timing} == {
+      k: v for k, v in plan.to_json().items() if k not in timing}
+  assert len(list((tmp_path / "plans").glob("*.json"))) == 1
+  changed = core.make_plan(overrides.apply(cfg, {"data.laion.batch_size": 8}), "v5e:2x2", cache_dir=str(tmp_path))
+  assert not changed.cached and changed.argument_bytes < plan.argument_bytes
+  assert len(list((tmp_path / "plans").glob("*.json"))) == 2
   assert plan.chips == 4 and plan.chip.name == "TPU v5e" and plan.mesh == {"data": 4, "fsdp": 1, "tensor": 1}
   assert plan.fits and 0 < plan.total_bytes < plan.hbm_bytes
   assert plan.argument_bytes > 0 and plan.temp_bytes > 0 and plan.alias_bytes > 0  # the donated state

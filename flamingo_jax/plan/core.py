@@ -22,6 +22,7 @@ import numpy as np
 from flamingo_jax import chips as chips_lib
 from flamingo_jax.data import batch as batch_lib
 from flamingo_jax.models import flops as flops_lib, rules
+from flamingo_jax.plan import cache as plan_cache
 from flamingo_jax.train import image_buffers, metrics, optimizer, state as state_lib, step as step_lib
 from flamingo_jax.weights import load
 
@@ -81,7 +82,9 @@ class Plan:
   xla_bytes_per_chip: float = 0.0
   compute_s: float | None = None
   memory_s: float | None = None
-  compile_s: float = 0.0
+  compile_s: float = 0.0  # this plan's trace + lower + compile (or cache read)
+  cold_compile_s: float = 0.0  # the compile the numbers come from (this one, or the cached one's)
+  cached: bool = False  # the compiler's numbers came from the plan cache (flamingo_jax/plan/cache.py)
 
   @property
   def total_bytes(self) -> int:
@@ -135,8 +138,9 @@ def abstract_step(cfg: ml_collections.ConfigDict, mesh) -> tuple[Any, tuple, dic
 
 def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence | None = None,
               chip: chips_lib.Chip | None = None, hbm_bytes: float | None = None,
-              overrides: dict[str, Any] | None = None) -> Plan:
-  """Compiles `cfg`'s train step for `topology` and measures it (see `Plan`)."""
+              overrides: dict[str, Any] | None = None, cache_dir: str = "") -> Plan:
+  """Compiles `cfg`'s train step for `topology` and measures it (see `Plan`). With `cache_dir`,
+  a TPU topology's compile results are read from (and written to) the plan cache."""
   if devices is None:
     devices, chip = target_devices(topology)
   try:
@@ -156,17 +160,37 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
   with mesh, nn.logical_axis_rules(rules.logical_rules(cfg)):
     traced = step.trace(*args)
     plan.executed_flops = metrics.jaxpr_matmul_flops(traced.jaxpr)
-    try:
-      compiled = traced.lower().compile()
-    except Exception as e:  # pylint: disable=broad-except
-      if not _out_of_memory(e):
-        raise
-      plan.compile_s, plan.fits, plan.xla_error = time.perf_counter() - start, False, _first_lines(e)
-      plan.largest = largest_arguments(args)
-      return plan
-  plan.compile_s = time.perf_counter() - start
-  _measure(plan, compiled, args, chip)
+    lowered = traced.lower()
+    digest = plan_cache.key(lowered, topology) if cache_dir and topology != "local" else ""
+    analysis = plan_cache.read(cache_dir, digest) if digest else None
+    plan.cached = analysis is not None
+    if analysis is None:
+      analysis = _compile(lowered)
+      analysis["compile_s"] = time.perf_counter() - start
+      if digest:
+        plan_cache.write(cache_dir, digest, analysis)
+  plan.cold_compile_s = analysis.pop("compile_s")
+  plan.compile_s = time.perf_counter() - start if plan.cached else plan.cold_compile_s
+  _measure(plan, analysis, args, chip)
   return plan
+
+
+def _compile(lowered) -> dict[str, Any]:
+  """The compiled program's numbers: per-chip memory and XLA's costs, or the compiler's
+  out-of-memory message (any other compile error is raised)."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _out_of_memory(e):
+      raise
+    return {"xla_error": _first_lines(e)}
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  return {"argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+          "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+          "code_bytes": mem.generated_code_size_in_bytes, "xla_flops_per_chip": float(cost.get("flops", 0.0)),
+          "xla_bytes_per_chip": float(cost.get("bytes accessed", 0.0))}
 
 
 def _check_batches(cfg: ml_collections.ConfigDict, mesh) -> None:
@@ -177,16 +201,13 @@ def _check_batches(cfg: ml_collections.ConfigDict, mesh) -> None:
                        f"{shards} data x fsdp devices of mesh {dict(mesh.shape)}")
 
 
-def _measure(plan: Plan, compiled, args, chip: chips_lib.Chip | None) -> None:
-  """Memory, XLA's costs and the time bounds of a compiled step."""
-  mem = compiled.memory_analysis()
-  plan.argument_bytes, plan.output_bytes = mem.argument_size_in_bytes, mem.output_size_in_bytes
-  plan.alias_bytes, plan.temp_bytes = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-  plan.code_bytes = mem.generated_code_size_in_bytes
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, list) else cost) or {}
-  plan.xla_flops_per_chip = float(cost.get("flops", 0.0))
-  plan.xla_bytes_per_chip = float(cost.get("bytes accessed", 0.0))
+def _measure(plan: Plan, analysis: dict[str, Any], args, chip: chips_lib.Chip | None) -> None:
+  """The plan's memory, XLA's costs and the time bounds, from a compile's numbers (`_compile`)."""
+  for name, value in analysis.items():
+    setattr(plan, name, value)
+  if plan.xla_error:
+    plan.fits, plan.largest = False, largest_arguments(args)
+    return
   if plan.hbm_bytes:
     plan.fits = plan.total_bytes <= plan.hbm_bytes
     if not plan.fits:

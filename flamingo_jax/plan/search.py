@@ -41,8 +41,9 @@ def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, t
 
 
 def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: chips_lib.Chip | None,
-           grid: Grid, hbm_bytes: float | None = None, log=print) -> list[Plan]:
-  """Every plan made over `grid` (fitting or not), in the order made; progress lines to `log`."""
+           grid: Grid, hbm_bytes: float | None = None, log=print, cache_dir: str = "") -> list[Plan]:
+  """Every plan made over `grid` (fitting or not), in the order made; progress lines to `log`;
+  `cache_dir`: the plan cache (make_plan)."""
   columns = [(t, r, s) for t, r, s in itertools.product(grid.tensor, grid.remat, grid.scan)
              if len(devices) % t == 0]
   if not columns:
@@ -51,7 +52,8 @@ def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: c
   for n, (tensor, remat, scan) in enumerate(columns):
     for per_chip in sorted(grid.batches):
       overrides = point_overrides(cfg, len(devices), per_chip, tensor, remat, scan)
-      plan = make_plan(overrides_lib.apply(cfg, overrides), topology, devices, chip, hbm_bytes, overrides)
+      plan = make_plan(overrides_lib.apply(cfg, overrides), topology, devices, chip, hbm_bytes, overrides,
+                       cache_dir)
       plans.append(plan)
       done = n * len(grid.batches) + sorted(grid.batches).index(per_chip) + 1
       elapsed = time.perf_counter() - start
