@@ -42,8 +42,9 @@ _TENSOR = flags.DEFINE_list("search_tensor", ["1", "2", "4"], "Tensor-parallel s
 _SCAN = flags.DEFINE_list("search_scan", ["true", "false"], "scan_layers settings to try.")
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Memory per chip, GiB (default: the chip's).")
 _CACHE = flags.DEFINE_string("compilation_cache", "~/.cache/flamingo_jax/xla",
-                             "Persistent compilation cache, and (TPU topologies) the plan cache "
-                             "under it: a step planned before is not compiled again ('' for none).")
+                             "JAX's persistent compilation cache (--topology=local), or the plan cache "
+                             "under it (TPU topologies): a step planned before is not compiled again "
+                             "('' for none).")
 flags.mark_flags_as_required(["config", "topology"])
 
 GIB = 2 ** 30
@@ -134,7 +135,7 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's start-up
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no chip to share
-  if _CACHE.value:
+  if _CACHE.value and _TOPOLOGY.value == "local":  # a TPU plan's entry could never be read back
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from flamingo_jax.plan import core, search  # pylint: disable=g-import-not-at-top
