@@ -118,7 +118,7 @@ def model_config(lm: ml_collections.ConfigDict, every_n_layers: int,
       param_dtype="float32",    # trainable parameters (and optimizer state)
       frozen_dtype="float32",   # frozen weights as stored and fed
       remat_policy="none",      # 'none' | 'full' | any jax.checkpoint_policies name
-      scan_layers=False,        # nn.scan over groups of every_n_layers layers (compile time)
+      scan_layers=False,        # nn.scan over LM layer groups, ViT blocks, resampler layers (compile time)
   ))
 
 

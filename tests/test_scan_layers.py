@@ -7,6 +7,7 @@ import pytest
 
 from flamingo_jax.models import layer_groups, rules, shapes
 from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.models.vision import clip_embedding_fn
 from flamingo_jax.weights import state_dict as sd_lib
 from oracle import reference_models as ref
 
@@ -27,6 +28,8 @@ def test_layout_round_trip_and_shapes(setup):
   cfg, unrolled, scan_cfg, scanned = setup
   groups = cfg.lm.num_layers // cfg.xattn.every_n_layers
   assert scanned["params"]["layers"]["xattn"]["attn_gate"].shape == (groups, 1)
+  assert scanned["frozen"]["vision"]["resblocks"]["ln_1"]["scale"].shape == (cfg.vision.layers, cfg.vision.width)
+  assert scanned["params"]["perceiver"]["layers"]["ff"]["norm"]["scale"].shape[0] == cfg.perceiver.depth
   back = layer_groups.to_unrolled(scanned, cfg)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, unrolled)
   abstract = nn.unbox(shapes.abstract_variables(scan_cfg))
@@ -64,3 +67,7 @@ def test_cached_decoding_matches(setup):
     outs.append((logits, step))
   np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5)
   np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5)
+  # RICES's CLIP embedding reads the class token of either layout's tower.
+  images = jnp.asarray(vision[:, 0, 0])
+  embeds = [clip_embedding_fn(c)(nn.unbox(v)["frozen"]["vision"], images) for c, v in ((cfg, unrolled), (scan_cfg, scanned))]
+  np.testing.assert_allclose(embeds[0], embeds[1], atol=1e-6)

@@ -34,8 +34,8 @@ class Flamingo(nn.Module):
     c = self.cfg
     dtype, param_dtype, frozen_dtype = (jnp.dtype(c.dtype), jnp.dtype(c.param_dtype),
                                         jnp.dtype(c.frozen_dtype))
-    self.vision = VisionTransformer(c.vision, c.remat_policy, dtype, frozen_dtype)
-    self.perceiver = PerceiverResampler(c.perceiver, c.remat_policy, dtype, param_dtype)
+    self.vision = VisionTransformer(c.vision, c.remat_policy, dtype, frozen_dtype, bool(c.scan_layers))
+    self.perceiver = PerceiverResampler(c.perceiver, c.remat_policy, dtype, param_dtype, bool(c.scan_layers))
     self.lm = DecoderLM(c.lm, c.remat_policy, dtype, frozen_dtype)
     if c.scan_layers:
       self.layers = scanned_groups(c)

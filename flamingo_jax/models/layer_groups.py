@@ -1,11 +1,15 @@
-"""Scan over layer groups, for compile time on deep LMs (`model.scan_layers`).
+"""Scan over layer groups, for compile time on deep models (`model.scan_layers`).
 
 Group g holds decoder layers gN .. gN+N-1 (N = xattn.every_n_layers) and the gated block that
 sits before its last layer. `nn.scan` stacks each group's variables on a leading `layers` axis:
   params/layers/xattn/...      (G, ...)   trainable
   frozen/layers/block_{j}/...  (G, ...)   frozen, j < N
-The unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) is what checkpoints and name maps use;
-`to_scanned` / `to_unrolled` convert between the two exactly.
+The vision tower's blocks and the resampler's layers are scanned too:
+  frozen/vision/resblocks/...                      (vision layers, ...)
+  params/perceiver/layers/attn/..., .../ff/...     (resampler depth, ...)
+The unrolled layout (`xattn_{i}`, `lm/blocks_{i}`, `vision/resblocks_{i}`,
+`perceiver/layers_{i}_attn`, ...) is what checkpoints and name maps use; `to_scanned` /
+`to_unrolled` convert between the two exactly.
 
 KV caches and cached image keys/values travel batch-leading, (B, G, ...), scanned on axis 1, so
 that beam search can reorder every decode-state array along axis 0.
@@ -77,11 +81,19 @@ def to_scanned(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dic
   if "params" in out:
     params = out["params"]
     params["layers"] = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
+    if "perceiver" in params:
+      perceiver = params["perceiver"] = dict(params["perceiver"])
+      depth = cfg.perceiver.depth
+      perceiver["layers"] = {part: _stack([perceiver.pop(f"layers_{i}_{part}") for i in range(depth)])
+                             for part in ("attn", "ff")}
   if "frozen" in out:
     lm = dict(out["frozen"].get("lm", {}))
     out["frozen"]["layers"] = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
                                for j in range(n)}
     out["frozen"]["lm"] = lm
+    if "vision" in out["frozen"]:
+      vision = out["frozen"]["vision"] = dict(out["frozen"]["vision"])
+      vision["resblocks"] = _stack([vision.pop(f"resblocks_{i}") for i in range(cfg.vision.layers)])
   return out
 
 
@@ -96,12 +108,22 @@ def to_unrolled(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> di
     params = out["params"]
     for g, block in enumerate(_unstack(params.pop("layers")["xattn"], groups)):
       params[f"xattn_{g * n + n - 1}"] = block
+    if "perceiver" in params:
+      perceiver = params["perceiver"] = dict(params["perceiver"])
+      stacked = perceiver.pop("layers")
+      for part in ("attn", "ff"):
+        for i, layer in enumerate(_unstack(stacked[part], cfg.perceiver.depth)):
+          perceiver[f"layers_{i}_{part}"] = layer
   if "frozen" in out:
     scanned, lm = out["frozen"].pop("layers"), dict(out["frozen"].get("lm", {}))
     for j in range(n):
       for g, block in enumerate(_unstack(scanned[f"block_{j}"], groups)):
         lm[f"blocks_{g * n + j}"] = block
     out["frozen"]["lm"] = lm
+    if "vision" in out["frozen"]:
+      vision = out["frozen"]["vision"] = dict(out["frozen"]["vision"])
+      for i, block in enumerate(_unstack(vision.pop("resblocks"), cfg.vision.layers)):
+        vision[f"resblocks_{i}"] = block
   return out
 
 

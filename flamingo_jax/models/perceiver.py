@@ -57,12 +57,36 @@ class PerceiverAttention(nn.Module):
     return Dense(dim, ("heads", "kv"), ("vision_embed",), name="to_out", **kw)(out)
 
 
+def _residual_layer(attn: nn.Module, ff: nn.Module, x: jax.Array, latents: jax.Array) -> jax.Array:
+  """One resampler layer: latents + attn(x, latents), then + ff(latents)."""
+  latents = latents + attn(x, latents)
+  return latents + ff(latents)
+
+
+class PerceiverLayer(nn.Module):
+  """A resampler layer as `nn.scan` runs it: (latents, x) -> (latents, None)."""
+  cfg: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latents, x):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    return _residual_layer(PerceiverAttention(c.heads, c.dim_head, name="attn", **kw),
+                           FeedForward(c.ff_mult, "vision_embed", name="ff", **kw), x, latents), None
+
+
 class PerceiverResampler(nn.Module):
-  """(B, T, F, V, D) vision tokens -> (B, T, N, D) latents, each image resampled on its own."""
+  """(B, T, F, V, D) vision tokens -> (B, T, N, D) latents, each image resampled on its own.
+
+  With `scan` the layers run under `nn.scan`, their variables stacked as `layers/attn/...` and
+  `layers/ff/...` (depth, ...); unrolled they are `layers_{i}_attn` / `layers_{i}_ff`
+  (models/layer_groups.to_unrolled converts)."""
   cfg: ml_collections.ConfigDict
   remat_policy: str = "none"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -87,10 +111,20 @@ class PerceiverResampler(nn.Module):
     latents = layers.make_param(self, layers.TRAINABLE, "latents", nn.initializers.normal(1.0),
                                 (c.num_latents, dim), self.param_dtype, ("latents", "vision_embed"))
     latents = jnp.broadcast_to(latents.astype(self.dtype), (b, t, c.num_latents, dim))
+    latents = LayerNorm(name="norm", **kw)(self._layers(x, latents))
+    return layers.constrain(latents, ("batch", "media", "latents", "act_embed"))
+
+  def _layers(self, x: jax.Array, latents: jax.Array) -> jax.Array:
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.scan:
+      stack = nn.scan(lambda layer, h, media: layer(h, media), variable_axes={"params": 0},
+                      split_rngs={"params": True}, in_axes=nn.broadcast, length=c.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      layer = layers.remat(PerceiverLayer, self.remat_policy, prevent_cse=False)
+      return stack(layer(c, name="layers", **kw), latents, x)[0]
     attn_cls = layers.remat(PerceiverAttention, self.remat_policy)
     ff_cls = layers.remat(FeedForward, self.remat_policy)
     for i in range(c.depth):
-      latents = latents + attn_cls(c.heads, c.dim_head, name=f"layers_{i}_attn", **kw)(x, latents)
-      latents = latents + ff_cls(c.ff_mult, "vision_embed", name=f"layers_{i}_ff", **kw)(latents)
-    latents = LayerNorm(name="norm", **kw)(latents)
-    return layers.constrain(latents, ("batch", "media", "latents", "act_embed"))
+      latents = _residual_layer(attn_cls(c.heads, c.dim_head, name=f"layers_{i}_attn", **kw),
+                                ff_cls(c.ff_mult, "vision_embed", name=f"layers_{i}_ff", **kw), x, latents)
+    return latents

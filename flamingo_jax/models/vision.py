@@ -43,14 +43,20 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """(N, S, S, 3) normalised images -> (N, P, D) patch tokens."""
+  """(N, S, S, 3) normalised images -> (N, P, D) patch tokens (with `class_token`, (N, P + 1, D):
+  the class token first).
+
+  With `scan` the blocks run under `nn.scan` (one compiled block instead of `layers`; their
+  variables stacked as `resblocks/...` with a leading layer axis, which
+  models/layer_groups.to_unrolled turns back into `resblocks_{i}`)."""
   cfg: ml_collections.ConfigDict
   remat_policy: str = "none"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  scan: bool = False
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, class_token: bool = False) -> jax.Array:
     c = self.cfg
     n = images.shape[0]
     if images.shape[1:] != (c.image_size, c.image_size, 3):
@@ -68,14 +74,24 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)
     x = LayerNorm(c.ln_eps, name="ln_pre", **kw)(x)
-    block = layers.remat(ResidualAttentionBlock, self.remat_policy)
-    for i in range(c.layers):
-      x = block(c, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
+    x = self._blocks(x)
     # Kept so that checkpoints carry every open_clip weight; neither is applied to the tokens.
     LayerNorm(c.ln_eps, name="ln_post", **kw)(x[:, :1])
     layers.make_param(self, FROZEN, "proj", nn.initializers.normal(c.width ** -0.5),
                       (c.width, c.embed_dim), self.param_dtype, ("vision_embed", None))
-    return x[:, 1:]
+    return x if class_token else x[:, 1:]
+
+  def _blocks(self, x: jax.Array) -> jax.Array:
+    c = self.cfg
+    block = layers.remat(ResidualAttentionBlock, self.remat_policy, prevent_cse=not self.scan)
+    if not self.scan:
+      for i in range(c.layers):
+        x = block(c, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
+      return x
+    stack = nn.scan(lambda blk, h, _: (blk(h), None), variable_axes={FROZEN: 0},
+                    split_rngs={"params": True}, length=c.layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    return stack(block(c, self.dtype, self.param_dtype, name="resblocks"), x, None)[0]
 
 
 
@@ -84,15 +100,11 @@ def clip_embedding_fn(model_cfg: ml_collections.ConfigDict):
   open_clip's `encode_image` (class token after `ln_post`, projected by `proj`), which RICES
   uses, computed from the Flamingo's own frozen tower. Returns the function; jit it."""
   vit = VisionTransformer(model_cfg.vision, "none", jnp.dtype(model_cfg.dtype),
-                          jnp.dtype(model_cfg.frozen_dtype))
+                          jnp.dtype(model_cfg.frozen_dtype), bool(model_cfg.scan_layers))
   ln_post = LayerNorm(model_cfg.vision.ln_eps, collection=FROZEN)
-  last = f"resblocks_{model_cfg.vision.layers - 1}"
 
   def embed(vision_vars, images):
-    # The tower returns patch tokens only; the class token is the last block's first output row.
-    _, state = vit.apply({FROZEN: vision_vars}, images, mutable=["intermediates"],
-                         capture_intermediates=lambda m, method: m.name == last and method == "__call__")
-    cls = state["intermediates"][last]["__call__"][0][:, 0]
+    cls = vit.apply({FROZEN: vision_vars}, images, class_token=True)[:, 0]
     pooled = ln_post.apply({FROZEN: vision_vars["ln_post"]}, cls).astype(jnp.float32)
     emb = pooled @ vision_vars["proj"].astype(jnp.float32)
     return emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)

@@ -328,9 +328,9 @@ def test_export_from_a_sharded_training_run(shards, tmp_path, gcs_bucket):
   np.testing.assert_array_equal(np.delete(sd["lang_encoder.transformer.wte.weight"].numpy(), special, axis=0),
                                 np.delete(base["frozen"]["lm"]["embed"]["embedding"], special, axis=0))
   # Adam's moments live where their parameters do (left to XLA they would sit on one device).
-  kernel = result.state.params["perceiver"]["layers_0_ff"]["fc1"]["kernel"]
+  kernel = result.state.params["perceiver"]["layers"]["ff"]["fc1"]["kernel"]  # scanned: (depth, ...)
   assert kernel.sharding.spec != jax.sharding.PartitionSpec()
-  assert result.state.opt_state[1][0].mu["perceiver"]["layers_0_ff"]["fc1"]["kernel"].sharding == kernel.sharding
+  assert result.state.opt_state[1][0].mu["perceiver"]["layers"]["ff"]["fc1"]["kernel"].sharding == kernel.sharding
   # (The perceiver gets no gradient while the gates are still closed; the gates do.)
   trained = np.asarray(jax.device_get(result.state.params["layers"]["xattn"]["ff_gate"][0]))
   np.testing.assert_array_equal(
