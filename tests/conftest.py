@@ -33,14 +33,25 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+_LINGERING = []  # emulators kept serving until the test process ends
+
+
 @pytest.fixture
 def serve_gcs(tmp_path, monkeypatch):
   """`serve_gcs(root)` serves `root/<bucket>/<object>` as gs:// for this test through the local
-  GCS emulator, with its variables in os.environ (so subprocesses reach it too)."""
+  GCS emulator, with its variables in os.environ (so subprocesses reach it too).
+
+  `linger=True` keeps it serving after the test: a data iterator's read-ahead threads may still
+  be reading when the test ends, and array_record's GCS client retries a vanished server for
+  minutes, which would hold up the process's exit."""
   from tests.fake_gcs import FakeGcs  # pylint: disable=g-import-not-at-top
   with contextlib.ExitStack() as stack:
-    def serve(root: str) -> FakeGcs:
-      gcs = stack.enter_context(FakeGcs(root, str(tmp_path)))
+    def serve(root: str, linger: bool = False) -> FakeGcs:
+      gcs = FakeGcs(root, str(tmp_path))
+      if linger:
+        _LINGERING.append(gcs.__enter__())
+      else:
+        stack.enter_context(gcs)
       for key, value in gcs.env().items():
         monkeypatch.setenv(key, value)
       return gcs

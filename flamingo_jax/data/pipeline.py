@@ -2,7 +2,8 @@
 
 Per dataset: this process's shards -> random-access source (tar or ArrayRecord) -> (its every n-th sample if there
 are fewer shards than processes) -> seeded shuffle, reshuffled every epoch -> repeat ->
-preprocess (in worker processes when `workers > 0`) -> drop and count skipped samples -> batch
+preprocess (in worker processes when `workers > 0`, handed over in chunks of a batch's size) ->
+drop and count skipped samples -> batch
 -> (LAION) one random flip per batch. The iterators are Grain `DatasetIterator`s:
 `get_state()`/`set_state()` resume exactly, and a seed gives the same batches whatever the number
 of workers.
@@ -95,11 +96,17 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   ds = training_order(name, cfg, process_index, process_count)
   ds = ds.random_map(_Preprocess(name, cfg, tok), seed=seed)
   local = batch_size // process_count
-  # Bounded read-ahead: a preprocessed MMC4 sample is megabytes, Grain's default buffer 500.
+  # Samples travel in chunks of a batch's size (one set of arrays per chunk, not per sample),
+  # unpacked here in the order they were read: the same samples and order whatever the workers.
+  # (At least 2: Grain cannot size an endless dataset batched by 1.)
+  chunk = max(local, 2)
+  ds = ds.batch(chunk, batch_fn=_pack_chunk)
+  # Bounded read-ahead (in chunks): a preprocessed MMC4 sample is megabytes.
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                            prefetch_buffer_size=max(2 * local, 8)))
+                                            prefetch_buffer_size=max(cfg.read_threads, 2)))
   if cfg.workers > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.workers))
+  it = grain.experimental.FlatMapIterDataset(it, _Unpack(chunk))
   it = it.filter(functools.partial(counter.keep, name))  # in this process: one counter for all
   # A dataset whose samples are (nearly) all bad raises, naming the ratio, instead of spinning.
   it = grain.experimental.WithOptionsIterDataset(
@@ -108,6 +115,35 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   if name == "laion" and cfg.random_flip:
     it = it.random_map(laion.flip_batch, seed=seed)
   return it.map(_Checked(name, batch_lib.batch_shapes(name, cfg, local)))
+
+
+def _pack_chunk(samples: list) -> dict:
+  """Consecutive preprocessed samples -> one element: the kept samples' arrays stacked, and
+  `slots`, per sample in order, None (the next stacked sample) or its `Skip`.
+
+  Worked example: [a, Skip("empty_text"), b] -> {"arrays": {k: stack([a[k], b[k]])},
+  "slots": (None, Skip("empty_text"), None)}.
+  """
+  kept = [s for s in samples if not isinstance(s, Skip)]
+  arrays = {k: np.stack([s[k] for s in kept]) for k in kept[0]} if kept else {}
+  return {"arrays": arrays, "slots": tuple(s if isinstance(s, Skip) else None for s in samples)}
+
+
+class _Unpack(grain.experimental.FlatMapTransform):
+  """A `_pack_chunk` element -> its samples and `Skip`s, in their original order."""
+
+  def __init__(self, chunk_size: int):
+    self.max_fan_out = chunk_size
+
+  def flat_map(self, chunk: dict) -> list:
+    out, kept = [], 0
+    for slot in chunk["slots"]:
+      if slot is None:
+        out.append({k: v[kept] for k, v in chunk["arrays"].items()})
+        kept += 1
+      else:
+        out.append(slot)
+    return out
 
 
 class _Checked:

@@ -23,7 +23,7 @@ def bucket_root(shards, tmp_path_factory):
 
 @pytest.fixture
 def gcs(bucket_root, serve_gcs):
-  return serve_gcs(bucket_root)
+  return serve_gcs(bucket_root, linger=True)
 
 
 def _on_gcs(cfg):

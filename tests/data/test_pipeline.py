@@ -39,12 +39,21 @@ def test_same_seed_same_batches_whatever_the_workers(make_cfg, tok):
   assert not np.array_equal(a[0]["laion"]["input_ids"], c[0]["laion"]["input_ids"])
 
 
-def test_restored_iterator_continues_exactly(make_cfg, tok):
-  iters, _ = pipeline.make_train_iterators(make_cfg(), tok)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_iterator_continues_exactly(make_cfg, tok, workers):
+  # Skipped samples put batch ends inside a chunk (pipeline._pack_chunk): a restore resumes there.
+  cfg = make_cfg(workers=workers)
+  iters, counter = pipeline.make_train_iterators(cfg, tok)
   pipeline.first_batches(iters, 3)
+  laion_skips = lambda: sum(v for k, v in counter.counts.items() if k.startswith("laion/"))
+  for _ in range(20):  # read on until a LAION batch ends inside a chunk
+    if laion_skips() % cfg.laion.batch_size:
+      break
+    pipeline.first_batches(iters, 1)
+  assert laion_skips() % cfg.laion.batch_size, counter.counts
   state = {k: it.get_state() for k, it in iters.items()}
   expected = pipeline.first_batches(iters, 3)
-  fresh, _ = pipeline.make_train_iterators(make_cfg(), tok)
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
   for k, it in fresh.items():
     it.set_state(state[k])
   assert_same_batches(expected, pipeline.first_batches(fresh, 3))
