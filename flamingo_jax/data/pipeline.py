@@ -96,10 +96,9 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   ds = training_order(name, cfg, process_index, process_count)
   ds = ds.random_map(_Preprocess(name, cfg, tok), seed=seed)
   local = batch_size // process_count
-  # Samples travel in chunks of a batch's size (one set of arrays per chunk, not per sample),
-  # unpacked here in the order they were read: the same samples and order whatever the workers.
-  # (At least 2: Grain cannot size an endless dataset batched by 1.)
-  chunk = max(local, 2)
+  # Samples travel in chunks (one set of arrays per chunk, not per sample), unpacked here in the
+  # order they were read: the same samples and order whatever the workers.
+  chunk = chunk_size(name, cfg, process_count)
   ds = ds.batch(chunk, batch_fn=_pack_chunk)
   # Bounded read-ahead (in chunks): a preprocessed MMC4 sample is megabytes.
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
@@ -115,6 +114,12 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   if name == "laion" and cfg.random_flip:
     it = it.random_map(laion.flip_batch, seed=seed)
   return it.map(_Checked(name, batch_lib.batch_shapes(name, cfg, local)))
+
+
+def chunk_size(name: str, cfg: ml_collections.ConfigDict, process_count: int = 1) -> int:
+  """Preprocessed samples per handover from a worker: a batch's (at least 2: Grain cannot size
+  an endless dataset batched by 1)."""
+  return max(cfg[name].batch_size // process_count, 2)
 
 
 def _pack_chunk(samples: list) -> dict:
@@ -166,7 +171,8 @@ def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: 
   """
   counter = SkipCounter()
   iters = {name: CountingIterator(iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
-                                                    process_count=process_count)), name, counter)
+                                                    process_count=process_count)), name, counter,
+                                  chunk_size(name, cfg, process_count))
            for name in DATASETS}
   return iters, counter
 
@@ -178,9 +184,9 @@ class CountingIterator(grain.DatasetIterator):
     state = it.get_state()   # {"iterator": <Grain's state>, "skipped": {"laion/empty text": 3, ...}}
   """
 
-  def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter):
+  def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter, chunk: int = 2):
     super().__init__(inner)
-    self._inner, self._prefix, self._counter = inner, f"{name}/", counter
+    self._inner, self._prefix, self._counter, self._chunk = inner, f"{name}/", counter, chunk
 
   def __next__(self):
     return next(self._inner)
@@ -191,12 +197,26 @@ class CountingIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict) -> None:
     if "iterator" not in state:  # a checkpoint from before the counts were saved
-      self._inner.set_state(state)
+      self._inner.set_state(self._chunked(state))
       return
-    self._inner.set_state(state["iterator"])
+    self._inner.set_state(self._chunked(state["iterator"]))
     for key in [k for k in self._counter.counts if k.startswith(self._prefix)]:
       del self._counter.counts[key]
     self._counter.counts.update(state["skipped"])
+
+  def _chunked(self, inner: dict) -> dict:
+    """Grain's state of a checkpoint written before samples moved in chunks, in today's layout:
+    {"next_index": n} (n samples read, in-process) -> chunk n // size, sample n % size of it."""
+    if "parent" in inner:
+      return inner
+    if set(inner) != {"next_index"}:
+      raise ValueError(f"{OLD_DATA_STATE}: it was read by worker processes, one sample at a time; "
+                       "resume it with the flamingo_jax that wrote it, or start a new workdir")
+    n = int(inner["next_index"])
+    return {"parent": {"next_index": n // self._chunk}, "next_index_in_buffer": n % self._chunk}
+
+
+OLD_DATA_STATE = "The data position in this checkpoint was written before samples moved in chunks"
 
 
 def validation_batches(name: str, cfg: ml_collections.ConfigDict, tok, n: int, *, process_index: int = 0,

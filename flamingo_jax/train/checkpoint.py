@@ -22,6 +22,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from flamingo_jax import paths, tree
+from flamingo_jax.data.pipeline import OLD_DATA_STATE
 
 # The run's whole config, written by training into its workdir: what a tool reading the workdir
 # needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
@@ -85,11 +86,9 @@ class Checkpointer:
     while (step := self.latest_step()) is not None:
       try:
         return step, self.restore(step, abstract_state, iterators)
-      except ValueError as e:
-        if "different number of processes" in str(e):
-          raise  # a job of another shape, not damage
-        error = e
       except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
+        if "different number of processes" in str(e) or OLD_DATA_STATE in str(e):
+          raise  # a job of another shape or version, not damage
         error = e
       aside = self._set_aside(step)
       damaged.append(step)

@@ -57,6 +57,18 @@ def test_restored_iterator_continues_exactly(make_cfg, tok, workers):
   for k, it in fresh.items():
     it.set_state(state[k])
   assert_same_batches(expected, pipeline.first_batches(fresh, 3))
+  if workers:
+    return
+  # A checkpoint from before the chunks held {"next_index": samples read}: it resumes the same.
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  for k, it in fresh.items():
+    inner = state[k]["iterator"]
+    chunk = pipeline.chunk_size(k, cfg)
+    read = inner["parent"]["next_index"] * chunk + inner["next_index_in_buffer"]
+    it.set_state({"iterator": {"next_index": read}, "skipped": state[k]["skipped"]})
+  assert_same_batches(expected, pipeline.first_batches(fresh, 3))
+  with pytest.raises(ValueError, match=pipeline.OLD_DATA_STATE):  # one read by worker processes
+    fresh["laion"].set_state({"iterator": {"workers_state": {}, "iterations_to_skip": {}}, "skipped": {}})
 
 
 @pytest.mark.parametrize("count", [2, 3])  # whole shards per process; every n-th sample
