@@ -32,6 +32,12 @@ def test_layout_round_trip_and_shapes(setup):
   assert scanned["params"]["perceiver"]["layers"]["ff"]["norm"]["scale"].shape[0] == cfg.perceiver.depth
   back = layer_groups.to_unrolled(scanned, cfg)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, unrolled)
+  # A workdir from before the ViT and the resampler were scanned: only the LM's layers stacked.
+  lm_only = {"params": {**scanned["params"], "perceiver": unrolled["params"]["perceiver"]},
+             "frozen": {**scanned["frozen"], "vision": unrolled["frozen"]["vision"]}}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, layer_groups.to_layout(lm_only, cfg, False), unrolled)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, layer_groups.to_layout(lm_only, cfg, True), scanned)
+  assert layer_groups.to_layout(scanned, cfg, True) is scanned  # nothing to convert: not fetched
   abstract = nn.unbox(shapes.abstract_variables(scan_cfg))
   jax.tree_util.tree_map(lambda a, b: (a.shape == b.shape) or pytest.fail(f"{a.shape} != {b.shape}"),
                          abstract, scanned)

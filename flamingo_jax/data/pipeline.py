@@ -116,10 +116,14 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   return it.map(_Checked(name, batch_lib.batch_shapes(name, cfg, local)))
 
 
+MAX_CHUNK = 16  # samples: an MMC4 chunk at 224 px is then at most ~14 MB of shared memory
+
+
 def chunk_size(name: str, cfg: ml_collections.ConfigDict, process_count: int = 1) -> int:
-  """Preprocessed samples per handover from a worker: a batch's (at least 2: Grain cannot size
-  an endless dataset batched by 1)."""
-  return max(cfg[name].batch_size // process_count, 2)
+  """Preprocessed samples per handover from a worker: a batch's, at most MAX_CHUNK (read-ahead
+  and shared memory stay bounded at large batches), at least 2 (Grain cannot size an endless
+  dataset batched by 1)."""
+  return min(max(cfg[name].batch_size // process_count, 2), MAX_CHUNK)
 
 
 def _pack_chunk(samples: list) -> dict:

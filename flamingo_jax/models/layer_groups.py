@@ -74,68 +74,77 @@ def _unstack(tree, count):
 
 
 def to_scanned(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Unrolled (unboxed) variables -> the scanned layout. Either collection may be absent."""
-  n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
-  groups = layers_n // n
+  """Unrolled (unboxed) variables -> the scanned layout, part by part: a part already scanned is
+  kept (workdirs written before the ViT and the resampler were scanned hold only the LM's
+  scanned). Either collection may be absent."""
+  n = cfg.xattn.every_n_layers
+  groups = cfg.lm.num_layers // n
   out = {k: dict(v) for k, v in variables.items()}
-  if "params" in out:
-    params = out["params"]
+  params, frozen = out.get("params"), out.get("frozen")
+  if params is not None and "layers" not in params:
     params["layers"] = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
-    if "perceiver" in params:
-      perceiver = params["perceiver"] = dict(params["perceiver"])
-      depth = cfg.perceiver.depth
-      perceiver["layers"] = {part: _stack([perceiver.pop(f"layers_{i}_{part}") for i in range(depth)])
-                             for part in ("attn", "ff")}
-  if "frozen" in out:
-    lm = dict(out["frozen"].get("lm", {}))
-    out["frozen"]["layers"] = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
-                               for j in range(n)}
-    out["frozen"]["lm"] = lm
-    if "vision" in out["frozen"]:
-      vision = out["frozen"]["vision"] = dict(out["frozen"]["vision"])
-      vision["resblocks"] = _stack([vision.pop(f"resblocks_{i}") for i in range(cfg.vision.layers)])
+  if params is not None and "layers_0_attn" in params.get("perceiver", {}):
+    perceiver = params["perceiver"] = dict(params["perceiver"])
+    perceiver["layers"] = {part: _stack([perceiver.pop(f"layers_{i}_{part}") for i in range(cfg.perceiver.depth)])
+                           for part in ("attn", "ff")}
+  if frozen is not None and "layers" not in frozen:
+    lm = dict(frozen.get("lm", {}))
+    frozen["layers"] = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
+                        for j in range(n)}
+    frozen["lm"] = lm
+  if frozen is not None and "resblocks_0" in frozen.get("vision", {}):
+    vision = frozen["vision"] = dict(frozen["vision"])
+    vision["resblocks"] = _stack([vision.pop(f"resblocks_{i}") for i in range(cfg.vision.layers)])
   return out
 
 
 def to_unrolled(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps. Either
-  collection may be absent."""
-  n, layers_n = cfg.xattn.every_n_layers, cfg.lm.num_layers
-  groups = layers_n // n
+  """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps, part by
+  part (an unrolled part is kept). Either collection may be absent."""
+  n = cfg.xattn.every_n_layers
+  groups = cfg.lm.num_layers // n
   assert all(has_xattn(g * n + n - 1, n) for g in range(groups))
   out = {k: dict(v) for k, v in variables.items()}
-  if "params" in out:
-    params = out["params"]
+  params, frozen = out.get("params"), out.get("frozen")
+  if params is not None and "layers" in params:
     for g, block in enumerate(_unstack(params.pop("layers")["xattn"], groups)):
       params[f"xattn_{g * n + n - 1}"] = block
-    if "perceiver" in params:
-      perceiver = params["perceiver"] = dict(params["perceiver"])
-      stacked = perceiver.pop("layers")
-      for part in ("attn", "ff"):
-        for i, layer in enumerate(_unstack(stacked[part], cfg.perceiver.depth)):
-          perceiver[f"layers_{i}_{part}"] = layer
-  if "frozen" in out:
-    scanned, lm = out["frozen"].pop("layers"), dict(out["frozen"].get("lm", {}))
+  if params is not None and "layers" in params.get("perceiver", {}):
+    perceiver = params["perceiver"] = dict(params["perceiver"])
+    stacked = perceiver.pop("layers")
+    for part in ("attn", "ff"):
+      for i, layer in enumerate(_unstack(stacked[part], cfg.perceiver.depth)):
+        perceiver[f"layers_{i}_{part}"] = layer
+  if frozen is not None and "layers" in frozen:
+    scanned, lm = frozen.pop("layers"), dict(frozen.get("lm", {}))
     for j in range(n):
       for g, block in enumerate(_unstack(scanned[f"block_{j}"], groups)):
         lm[f"blocks_{g * n + j}"] = block
-    out["frozen"]["lm"] = lm
-    if "vision" in out["frozen"]:
-      vision = out["frozen"]["vision"] = dict(out["frozen"]["vision"])
-      for i, block in enumerate(_unstack(vision.pop("resblocks"), cfg.vision.layers)):
-        vision[f"resblocks_{i}"] = block
+    frozen["lm"] = lm
+  if frozen is not None and "resblocks" in frozen.get("vision", {}):
+    vision = frozen["vision"] = dict(frozen["vision"])
+    for i, block in enumerate(_unstack(vision.pop("resblocks"), cfg.vision.layers)):
+      vision[f"resblocks_{i}"] = block
   return out
 
 
 def is_scanned(variables: dict[str, Any]) -> bool:
-  """Whether variables are in the scanned layout."""
-  return any("layers" in variables.get(c, {}) for c in ("params", "frozen"))
+  """Whether any part of the variables is in the scanned layout."""
+  params, frozen = variables.get("params", {}), variables.get("frozen", {})
+  return ("layers" in params or "layers" in frozen or "layers" in params.get("perceiver", {})
+          or "resblocks" in frozen.get("vision", {}))
+
+
+def _has_unrolled_parts(variables: dict[str, Any]) -> bool:
+  params, frozen = variables.get("params", {}), variables.get("frozen", {})
+  return (any(k.startswith("xattn_") for k in params) or "layers_0_attn" in params.get("perceiver", {})
+          or "blocks_0" in frozen.get("lm", {}) or "resblocks_0" in frozen.get("vision", {}))
 
 
 def to_layout(variables: dict[str, Any], cfg: ml_collections.ConfigDict, scanned: bool) -> dict[str, Any]:
   """Variables (either layout; either collection may be absent) in the layout asked for. A
   conversion happens on the host: device arrays are fetched first."""
-  if is_scanned(variables) == scanned:
+  if not (_has_unrolled_parts(variables) if scanned else is_scanned(variables)):
     return variables
   host = jax.device_get(variables)
   return to_scanned(host, cfg) if scanned else to_unrolled(host, cfg)

@@ -89,6 +89,10 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
         if "different number of processes" in str(e) or OLD_DATA_STATE in str(e):
           raise  # a job of another shape or version, not damage
+        if "Structure mismatch" in str(e):  # Orbax: the stored tree is not the one this run builds
+          raise ValueError(f"checkpoint step {step} in {self.directory} holds a state of another layout than "
+                           "this config builds (another model config, or another flamingo_jax version's "
+                           f"layer layout); it is not damaged and was left in place: {_first_line(e)}") from e
         error = e
       aside = self._set_aside(step)
       damaged.append(step)
