@@ -16,7 +16,8 @@ import os
 import re
 
 # First match wins: an op's scope (its `op_name` metadata, e.g.
-# "jit(train_step)/jvp(Flamingo)/vision/blocks_3/attn/dot_general") -> part of the step.
+# "jit(train_step)/jvp(Flamingo)/vision/resblocks_3/in_proj/dot_general", or .../vision/resblocks/...
+# under scan) -> part of the step.
 PARTS = (("/vision/", "vision tower"), ("/perceiver/", "resampler"), ("xattn", "cross-attention"),
          ("logits", "LM head + loss"), ("cross_entropy", "LM head + loss"), ("log_softmax", "LM head + loss"),
          ("/lm/", "LM layers"), ("/layers/", "LM layers"), ("/block", "LM layers"))

@@ -4,8 +4,8 @@ Layout of a base checkpoint directory DIR:
   DIR/config.json   the ml_collections config (`to_json_best_effort`)
   DIR/params/       Orbax PyTree (StandardCheckpointer) of the trainable tree
   DIR/frozen/       Orbax PyTree of the frozen tree (vision tower, LM)
-Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`) that the name maps use, and
-are read back in it; `weights/load.py` turns them into what a job runs (layout, dtypes, mesh).
+Both trees are in the unrolled layout (`xattn_{i}`, `lm/blocks_{i}`, `vision/resblocks_{i}`,
+`perceiver/layers_{i}_attn`, ...) that the name maps use, and are read back in it; `weights/load.py` turns them into what a job runs (layout, dtypes, mesh).
 
 A base checkpoint is whole or absent. A local directory is written under a temporary name and
 renamed. An object store (gs://) has no atomic directory rename, so there config.json, which
