@@ -24,6 +24,9 @@ from jax.experimental import multihost_utils
 from flamingo_jax import paths, tree
 from flamingo_jax.data.pipeline import OLD_DATA_STATE
 
+# Orbax's words for a stored tree other than the one asked for (a layout, not damage).
+STRUCTURE_MISMATCH = ("Structure mismatch", "tree structures do not match")
+
 # The run's whole config, written by training into its workdir: what a tool reading the workdir
 # needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
 RUN_CONFIG = "train_config.json"
@@ -89,7 +92,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
         if "different number of processes" in str(e) or OLD_DATA_STATE in str(e):
           raise  # a job of another shape or version, not damage
-        if "Structure mismatch" in str(e):  # Orbax: the stored tree is not the one this run builds
+        if any(m in str(e) for m in STRUCTURE_MISMATCH):  # the stored tree is not the one this run builds
           raise ValueError(f"checkpoint step {step} in {self.directory} holds a state of another layout than "
                            "this config builds (another model config, or another flamingo_jax version's "
                            f"layer layout); it is not damaged and was left in place: {_first_line(e)}") from e
