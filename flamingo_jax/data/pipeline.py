@@ -181,6 +181,9 @@ def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: 
   return iters, counter
 
 
+OLD_DATA_STATE = "The data position in this checkpoint was written before samples moved in chunks"
+
+
 class CountingIterator(grain.DatasetIterator):
   """A dataset's batch iterator whose state carries the dataset's skip counts, so that a
   checkpoint (and a rewind) restores the counts of the samples read up to its position.
@@ -218,9 +221,6 @@ class CountingIterator(grain.DatasetIterator):
                        "resume it with the flamingo_jax that wrote it, or start a new workdir")
     n = int(inner["next_index"])
     return {"parent": {"next_index": n // self._chunk}, "next_index_in_buffer": n % self._chunk}
-
-
-OLD_DATA_STATE = "The data position in this checkpoint was written before samples moved in chunks"
 
 
 def validation_batches(name: str, cfg: ml_collections.ConfigDict, tok, n: int, *, process_index: int = 0,

@@ -59,10 +59,9 @@ def scanned_groups(cfg: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f"scan_layers needs lm.num_layers ({cfg.lm.num_layers}) divisible by "
                      f"xattn.every_n_layers ({n})")
   group = layers.remat(LayerGroup, cfg.remat_policy, prevent_cse=False)
-  return nn.scan(group, variable_axes={"params": 0, "frozen": 0}, split_rngs={"params": True},
-                 in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                 out_axes=1, length=cfg.lm.num_layers // n,
-                 metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+  return layers.scan(group, (layers.TRAINABLE, layers.FROZEN), cfg.lm.num_layers // n,
+                     in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                     out_axes=1)(cfg)
 
 
 def _stack(trees):
@@ -73,28 +72,52 @@ def _unstack(tree, count):
   return [jax.tree_util.tree_map(lambda x, g=g: np.asarray(x)[g], tree) for g in range(count)]
 
 
+def _xattn_names(cfg) -> list[str]:
+  n = cfg.xattn.every_n_layers
+  return [f"xattn_{g * n + n - 1}" for g in range(cfg.lm.num_layers // n)]
+
+
+def _block_names(cfg, j: int) -> list[str]:
+  """The LM blocks at position j of each group."""
+  n = cfg.xattn.every_n_layers
+  return [f"blocks_{g * n + j}" for g in range(cfg.lm.num_layers // n)]
+
+
+def _perceiver_names(cfg, part: str) -> list[str]:
+  return [f"layers_{i}_{part}" for i in range(cfg.perceiver.depth)]
+
+
+def _vision_names(cfg) -> list[str]:
+  return [f"resblocks_{i}" for i in range(cfg.vision.layers)]
+
+
+def _pack(tree: dict, names: list[str]):
+  """Pops `names` from `tree` and stacks them (layer axis first)."""
+  return _stack([tree.pop(name) for name in names])
+
+
+def _unpack(stacked, names: list[str], into: dict) -> None:
+  """The inverse of `_pack`: the stacked layers back into `into` under `names`."""
+  into.update(zip(names, _unstack(stacked, len(names))))
+
+
 def to_scanned(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """Unrolled (unboxed) variables -> the scanned layout, part by part: a part already scanned is
   kept (workdirs written before the ViT and the resampler were scanned hold only the LM's
   scanned). Either collection may be absent."""
-  n = cfg.xattn.every_n_layers
-  groups = cfg.lm.num_layers // n
   out = {k: dict(v) for k, v in variables.items()}
   params, frozen = out.get("params"), out.get("frozen")
   if params is not None and "layers" not in params:
-    params["layers"] = {"xattn": _stack([params.pop(f"xattn_{g * n + n - 1}") for g in range(groups)])}
+    params["layers"] = {"xattn": _pack(params, _xattn_names(cfg))}
   if params is not None and "layers_0_attn" in params.get("perceiver", {}):
     perceiver = params["perceiver"] = dict(params["perceiver"])
-    perceiver["layers"] = {part: _stack([perceiver.pop(f"layers_{i}_{part}") for i in range(cfg.perceiver.depth)])
-                           for part in ("attn", "ff")}
+    perceiver["layers"] = {part: _pack(perceiver, _perceiver_names(cfg, part)) for part in ("attn", "ff")}
   if frozen is not None and "layers" not in frozen:
-    lm = dict(frozen.get("lm", {}))
-    frozen["layers"] = {f"block_{j}": _stack([lm.pop(f"blocks_{g * n + j}") for g in range(groups)])
-                        for j in range(n)}
-    frozen["lm"] = lm
+    lm = frozen["lm"] = dict(frozen.get("lm", {}))
+    frozen["layers"] = {f"block_{j}": _pack(lm, _block_names(cfg, j)) for j in range(cfg.xattn.every_n_layers)}
   if frozen is not None and "resblocks_0" in frozen.get("vision", {}):
     vision = frozen["vision"] = dict(frozen["vision"])
-    vision["resblocks"] = _stack([vision.pop(f"resblocks_{i}") for i in range(cfg.vision.layers)])
+    vision["resblocks"] = _pack(vision, _vision_names(cfg))
   return out
 
 
@@ -102,29 +125,24 @@ def to_unrolled(variables: dict[str, Any], cfg: ml_collections.ConfigDict) -> di
   """Scanned (unboxed) variables -> the unrolled layout of checkpoints and name maps, part by
   part (an unrolled part is kept). Either collection may be absent."""
   n = cfg.xattn.every_n_layers
-  groups = cfg.lm.num_layers // n
-  assert all(has_xattn(g * n + n - 1, n) for g in range(groups))
+  assert all(has_xattn(g * n + n - 1, n) for g in range(cfg.lm.num_layers // n))
   out = {k: dict(v) for k, v in variables.items()}
   params, frozen = out.get("params"), out.get("frozen")
   if params is not None and "layers" in params:
-    for g, block in enumerate(_unstack(params.pop("layers")["xattn"], groups)):
-      params[f"xattn_{g * n + n - 1}"] = block
+    _unpack(params.pop("layers")["xattn"], _xattn_names(cfg), params)
   if params is not None and "layers" in params.get("perceiver", {}):
     perceiver = params["perceiver"] = dict(params["perceiver"])
     stacked = perceiver.pop("layers")
     for part in ("attn", "ff"):
-      for i, layer in enumerate(_unstack(stacked[part], cfg.perceiver.depth)):
-        perceiver[f"layers_{i}_{part}"] = layer
+      _unpack(stacked[part], _perceiver_names(cfg, part), perceiver)
   if frozen is not None and "layers" in frozen:
     scanned, lm = frozen.pop("layers"), dict(frozen.get("lm", {}))
-    for j in range(n):
-      for g, block in enumerate(_unstack(scanned[f"block_{j}"], groups)):
-        lm[f"blocks_{g * n + j}"] = block
     frozen["lm"] = lm
+    for j in range(n):
+      _unpack(scanned[f"block_{j}"], _block_names(cfg, j), lm)
   if frozen is not None and "resblocks" in frozen.get("vision", {}):
     vision = frozen["vision"] = dict(frozen["vision"])
-    for i, block in enumerate(_unstack(vision.pop("resblocks"), cfg.vision.layers)):
-      vision[f"resblocks_{i}"] = block
+    _unpack(vision.pop("resblocks"), _vision_names(cfg), vision)
   return out
 
 

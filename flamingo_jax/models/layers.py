@@ -185,3 +185,10 @@ def remat(module_cls, policy: str, prevent_cse: bool = True):
   if policy == "full":
     return nn.remat(module_cls, prevent_cse=prevent_cse)
   return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=prevent_cse)
+
+
+def scan(target, collections: Sequence[str], length: int, **kw):
+  """`nn.scan` over `length` layers whose variables in `collections` are stacked on a leading
+  `layers` axis (each layer initialised with its own rng); `kw` adds in_axes/out_axes."""
+  return nn.scan(target, variable_axes={c: 0 for c in collections}, split_rngs={"params": True},
+                 length=length, metadata_params={nn.PARTITION_NAME: "layers"}, **kw)

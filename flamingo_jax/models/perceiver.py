@@ -117,9 +117,8 @@ class PerceiverResampler(nn.Module):
   def _layers(self, x: jax.Array, latents: jax.Array) -> jax.Array:
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.scan:
-      stack = nn.scan(lambda layer, h, media: layer(h, media), variable_axes={"params": 0},
-                      split_rngs={"params": True}, in_axes=nn.broadcast, length=c.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = layers.scan(lambda layer, h, media: layer(h, media), (layers.TRAINABLE,), c.depth,
+                          in_axes=nn.broadcast)
       layer = layers.remat(PerceiverLayer, self.remat_policy, prevent_cse=False)
       return stack(layer(c, name="layers", **kw), latents, x)[0]
     attn_cls = layers.remat(PerceiverAttention, self.remat_policy)

@@ -88,9 +88,7 @@ class VisionTransformer(nn.Module):
       for i in range(c.layers):
         x = block(c, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
       return x
-    stack = nn.scan(lambda blk, h, _: (blk(h), None), variable_axes={FROZEN: 0},
-                    split_rngs={"params": True}, length=c.layers,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
+    stack = layers.scan(lambda blk, h, _: (blk(h), None), (FROZEN,), c.layers)
     return stack(block(c, self.dtype, self.param_dtype, name="resblocks"), x, None)[0]
 
 

@@ -24,8 +24,10 @@ from jax.experimental import multihost_utils
 from flamingo_jax import paths, tree
 from flamingo_jax.data.pipeline import OLD_DATA_STATE
 
-# Orbax's words for a stored tree other than the one asked for (a layout, not damage).
+# Orbax's words for a stored tree other than the one asked for: another layout, not damage.
 STRUCTURE_MISMATCH = ("Structure mismatch", "tree structures do not match")
+# Errors that say a step belongs to another kind of job, not that it is damaged.
+NOT_DAMAGE = ("different number of processes", OLD_DATA_STATE)
 
 # The run's whole config, written by training into its workdir: what a tool reading the workdir
 # needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
@@ -90,7 +92,7 @@ class Checkpointer:
       try:
         return step, self.restore(step, abstract_state, iterators)
       except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
-        if "different number of processes" in str(e) or OLD_DATA_STATE in str(e):
+        if any(m in str(e) for m in NOT_DAMAGE):
           raise  # a job of another shape or version, not damage
         if any(m in str(e) for m in STRUCTURE_MISMATCH):  # the stored tree is not the one this run builds
           raise ValueError(f"checkpoint step {step} in {self.directory} holds a state of another layout than "
