@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from flamingo_jax.models import packing as packing_lib, rules, shapes
+from flamingo_jax.models import packing as packing_lib, rules, shapes, xattn
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.train import image_buffers
 from flamingo_jax.train.loss import causal_lm_loss
@@ -44,6 +44,10 @@ def _loss_and_grads(model_cfg, variables, batch, packing, with_mask=True):
   return jax.device_get(jax.jit(jax.value_and_grad(loss))(variables["params"], variables["frozen"], batch))
 
 
+def _text_time_and_mask(cfg, batch):
+  return xattn.media_text_time(batch["input_ids"], cfg.model.media_token_id), batch["image_mask"]
+
+
 def _assert_same(a, b):
   """fp32: the same loss and gradients up to the rounding of other batch sizes in the tower."""
   np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
@@ -74,6 +78,13 @@ def test_packed_equals_padded(scan):
     if name == "some" and not scan:
       _assert_same(_loss_and_grads(cfg.model, variables, batch, None, with_mask=False), padded)  # as before masks
       packings += [(1, most + 2), two_groups]
+      # A row with more <image> tokens than images attends an empty slot: the blank image's latents.
+      extra = dict(batch, input_ids=batch["input_ids"].copy())
+      extra["input_ids"][1, 20] = cfg.model.media_token_id
+      assert xattn.attends_empty_slot(*_text_time_and_mask(cfg, extra))
+      assert not xattn.attends_empty_slot(*_text_time_and_mask(cfg, batch))
+      _assert_same(_loss_and_grads(cfg.model, variables, extra, (1, most)),
+                   _loss_and_grads(cfg.model, variables, extra, None))
     for packing in packings:
       _assert_same(_loss_and_grads(cfg.model, variables, batch, packing), padded)
     if name == "some":
@@ -95,6 +106,13 @@ def test_packed_equals_padded_on_8_devices():
     groups = 8
     per_group = int(image_buffers.per_group_counts(MASKS["some"], groups).max())
     _assert_same(_loss_and_grads(cfg.model, variables, sharded, (groups, per_group)), padded)
+
+
+def test_attends_empty_slot_worked_example():
+  mask = jnp.asarray([[1, 0, 0]], bool)
+  assert not xattn.attends_empty_slot(jnp.asarray([[0, 1, 1, 1]]), mask)
+  assert xattn.attends_empty_slot(jnp.asarray([[1, 1, 2, 2]]), mask)
+  assert not xattn.attends_empty_slot(jnp.asarray([[0, 0, 0, 0]]), jnp.zeros((1, 3), bool))
 
 
 def test_pack_order_worked_example():

@@ -23,7 +23,8 @@ from flamingo_jax.models.decoders.lm import DecoderLM
 from flamingo_jax.models.layer_groups import scanned_groups
 from flamingo_jax.models.perceiver import PerceiverResampler
 from flamingo_jax.models.vision import VisionTransformer
-from flamingo_jax.models.xattn import GatedCrossAttentionBlock, has_xattn, media_text_time
+from flamingo_jax.models.xattn import (GatedCrossAttentionBlock, attends_empty_slot, has_xattn,
+                                       media_text_time)
 
 
 class Flamingo(nn.Module):
@@ -55,14 +56,16 @@ class Flamingo(nn.Module):
     return (self.cfg.eoc_token_id, self.cfg.media_token_id)
 
   def encode_images(self, vision_x: jax.Array, image_mask: jax.Array | None = None,
-                    packing: tuple[int, int] | None = None) -> jax.Array:
+                    packing: tuple[int, int] | None = None,
+                    text_time: jax.Array | None = None) -> jax.Array:
     """(B, T, F, S, S, 3) normalised images -> (B, T, N, D_vision) resampled latents.
 
     `image_mask` (B, T) marks the slots that hold a real image; the others get a blank
     (all-zero) image's latents whatever their pixels. With `packing` = (groups, per_group), the
     vision tower and the resampler run only on a buffer of each group's first `per_group` real
     images (models/packing.py; a group is B / groups consecutive rows, one device's share), plus
-    one blank image; the latents are the same as without packing.
+    one blank image; the latents are the same as without packing. Given the text's `text_time`
+    (xattn.media_text_time), the blank image is encoded only when a token attends an empty slot.
     """
     if vision_x.ndim != 6:
       raise ValueError(f"vision_x must be (batch, images, frames, height, width, 3), got {vision_x.shape}")
@@ -77,8 +80,20 @@ class Flamingo(nn.Module):
     order, valid = packing_lib.pack_order(image_mask, groups, per_group)
     buffer = packing_lib.gather_slots(vision_x, order, groups)
     buffer = jnp.where(valid[:, :, None, None, None, None], buffer, 0)
-    blank = self._encode(jnp.zeros((1, 1, *vision_x.shape[2:]), vision_x.dtype))[0, 0]
-    return packing_lib.scatter_slots(self._encode(buffer), order, valid, blank, image_mask.shape)
+    latents = self._encode(buffer)
+    blank = self._blank_latents(vision_x.shape[2:], vision_x.dtype, latents.shape[-2:], latents.dtype,
+                                None if text_time is None else attends_empty_slot(text_time, image_mask))
+    return packing_lib.scatter_slots(latents, order, valid, blank, image_mask.shape)
+
+  def _blank_latents(self, frame_shape, dtype, latent_shape, latent_dtype, needed) -> jax.Array:
+    """(N, D) latents of a blank (all-zero) image, which empty slots get. When `needed` (a traced
+    bool) is given and no token attends an empty slot, they cannot reach the loss or any
+    gradient (their attention weights are exactly 0), so the tower skips the blank image and the
+    empty slots get zeros instead."""
+    encode = lambda mdl: mdl._encode(jnp.zeros((1, 1, *frame_shape), dtype))[0, 0]
+    if needed is None or not self.cfg.xattn.only_attend_immediate_media or self.is_initializing():
+      return encode(self)
+    return nn.cond(needed, encode, lambda mdl: jnp.zeros(latent_shape, latent_dtype), self)
 
   def _encode(self, vision_x: jax.Array) -> jax.Array:
     """Frozen ViT then resampler, every slot: (B, T, F, S, S, 3) -> (B, T, N, D_vision)."""
@@ -141,8 +156,9 @@ class Flamingo(nn.Module):
                packing: tuple[int, int] | None = None) -> jax.Array:
     """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits; `image_mask`
     and `packing` as in `encode_images`."""
-    return self.decode(self.encode_images(vision_x, image_mask, packing), input_ids, attention_mask,
-                       positions)
+    text_time = media_text_time(input_ids, self.cfg.media_token_id)
+    return self.decode(self.encode_images(vision_x, image_mask, packing, text_time), input_ids,
+                       attention_mask, positions, text_time)
 
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
 

@@ -32,6 +32,19 @@ def allowed_media(text_time: jax.Array, num_media: int, num_latents: int,
   return (tt == media_time) if only_immediate else (tt >= media_time)
 
 
+def attends_empty_slot(text_time: jax.Array, image_mask: jax.Array) -> jax.Array:
+  """Scalar bool: whether any token attends, under `only_attend_immediate_media`, an image slot
+  that holds no image. Token t of row b attends slot text_time[b, t] - 1.
+
+  Worked example: image_mask [[1, 0, 0]], text_time [[0, 1, 1, 1]] -> False (every token after
+  the <image> attends slot 0, which is real); text_time [[1, 1, 2, 2]] -> True (slot 1 is empty:
+  the row has more <image> tokens than images).
+  """
+  slots = jnp.arange(1, image_mask.shape[1] + 1, dtype=text_time.dtype)
+  attended = (text_time[:, :, None] == slots).any(axis=1)  # (B, T)
+  return (attended & ~image_mask.astype(bool)).any()
+
+
 class MaskedCrossAttention(nn.Module):
   """Text queries (layer-normed) against the resampled image latents (already normed)."""
   cfg: ml_collections.ConfigDict
