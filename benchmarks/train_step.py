@@ -206,14 +206,16 @@ def main():
       times["theirs"].append(_seconds_per_step(theirs, args.steps))
   real_count = int(batches["mmc4"]["image_mask"].sum())
   print(f"{args.family} {args.size}: MMC4 {args.mmc4_batch} x {args.length} tokens ({args.mmc4_images} slots, "
-        f"{real_count} real images; ours encodes {packing[1] + 1 if packing else args.mmc4_batch * args.mmc4_images}) "
+        f"{real_count} real images; ours encodes "
+        f"{f'{packing[1]}, + 1 blank only if a token attends an empty slot' if packing else args.mmc4_batch * args.mmc4_images}) "
         f"+ LAION {2 * args.mmc4_batch} x 32 tokens per step; LM {dims.lm_layers} x {dims.lm_dim}, ViT "
         f"{dims.vis_layers} x {dims.vis_width} at {dims.image_size} px; {args.precision}; JAX "
         f"{jax.__version__} {jax.default_backend()} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
         f"{args.device}; {args.rounds} rounds of {args.steps} steps")
   med = lambda xs: float(np.median(xs))
   print(f"flamingo_jax {med(times['ours']) * 1e3:.1f} ms/step (rounds {', '.join(f'{t * 1e3:.0f}' for t in times['ours'])}), "
-        f"{flops / med(times['ours']) / 1e12:.2f} TFLOP/s ({flops / 1e12:.3f} TFLOP of matrix products per step; "
+        f"{flops / med(times['ours']) / 1e12:.2f} TFLOP/s ({flops / 1e12:.3f} TFLOP of matrix products per step, "
+        f"the blank image counted; "
         f"{every_slot / 1e12:.3f} with every image slot encoded, as the reference does: doing less can give "
         f"{every_slot / flops:.2f}x at equal FLOP/s)")
   if theirs:
