@@ -113,6 +113,8 @@ def test_attends_empty_slot_worked_example():
   assert not xattn.attends_empty_slot(jnp.asarray([[0, 1, 1, 1]]), mask)
   assert xattn.attends_empty_slot(jnp.asarray([[1, 1, 2, 2]]), mask)
   assert not xattn.attends_empty_slot(jnp.asarray([[0, 0, 0, 0]]), jnp.zeros((1, 3), bool))
+  assert xattn.attends_empty_slot(jnp.asarray([[0, 1, 1, 1]]), mask, only_immediate=False)
+  assert not xattn.attends_empty_slot(jnp.asarray([[1, 1, 1, 1]]), mask, only_immediate=False)
 
 
 def test_pack_order_worked_example():

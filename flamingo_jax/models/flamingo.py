@@ -81,19 +81,20 @@ class Flamingo(nn.Module):
     buffer = packing_lib.gather_slots(vision_x, order, groups)
     buffer = jnp.where(valid[:, :, None, None, None, None], buffer, 0)
     latents = self._encode(buffer)
-    blank = self._blank_latents(vision_x.shape[2:], vision_x.dtype, latents.shape[-2:], latents.dtype,
-                                None if text_time is None else attends_empty_slot(text_time, image_mask))
+    needed = None if text_time is None else attends_empty_slot(
+        text_time, image_mask, self.cfg.xattn.only_attend_immediate_media)
+    blank = self._blank_latents(jnp.zeros((1, 1, *vision_x.shape[2:]), vision_x.dtype), latents[0, 0], needed)
     return packing_lib.scatter_slots(latents, order, valid, blank, image_mask.shape)
 
-  def _blank_latents(self, frame_shape, dtype, latent_shape, latent_dtype, needed) -> jax.Array:
-    """(N, D) latents of a blank (all-zero) image, which empty slots get. When `needed` (a traced
-    bool) is given and no token attends an empty slot, they cannot reach the loss or any
-    gradient (their attention weights are exactly 0), so the tower skips the blank image and the
-    empty slots get zeros instead."""
-    encode = lambda mdl: mdl._encode(jnp.zeros((1, 1, *frame_shape), dtype))[0, 0]
-    if needed is None or not self.cfg.xattn.only_attend_immediate_media or self.is_initializing():
+  def _blank_latents(self, blank_image: jax.Array, like: jax.Array, needed: jax.Array | None) -> jax.Array:
+    """(N, D) latents of `blank_image` (1, 1, F, S, S, 3), which empty slots get. When `needed`
+    (a traced bool) is False, no token attends an empty slot, so they cannot reach the loss or
+    any gradient (their attention weights are exactly 0): the tower skips the blank image and the
+    empty slots get zeros (`like`'s shape and dtype) instead."""
+    encode = lambda mdl: mdl._encode(blank_image)[0, 0]
+    if needed is None or self.is_initializing():
       return encode(self)
-    return nn.cond(needed, encode, lambda mdl: jnp.zeros(latent_shape, latent_dtype), self)
+    return nn.cond(needed, encode, lambda mdl: jnp.zeros_like(like), self)
 
   def _encode(self, vision_x: jax.Array) -> jax.Array:
     """Frozen ViT then resampler, every slot: (B, T, F, S, S, 3) -> (B, T, N, D_vision)."""

@@ -32,17 +32,20 @@ def allowed_media(text_time: jax.Array, num_media: int, num_latents: int,
   return (tt == media_time) if only_immediate else (tt >= media_time)
 
 
-def attends_empty_slot(text_time: jax.Array, image_mask: jax.Array) -> jax.Array:
-  """Scalar bool: whether any token attends, under `only_attend_immediate_media`, an image slot
-  that holds no image. Token t of row b attends slot text_time[b, t] - 1.
+def attends_empty_slot(text_time: jax.Array, image_mask: jax.Array, only_immediate: bool = True) -> jax.Array:
+  """Scalar bool: whether any token attends (by `allowed_media`'s rule) an image slot that holds
+  no image. A token allowed no slot attends none under `only_immediate` (its visual input is
+  zeroed) and every slot otherwise (the reference's uniform softmax).
 
   Worked example: image_mask [[1, 0, 0]], text_time [[0, 1, 1, 1]] -> False (every token after
   the <image> attends slot 0, which is real); text_time [[1, 1, 2, 2]] -> True (slot 1 is empty:
-  the row has more <image> tokens than images).
+  the row has more <image> tokens than images); with only_immediate=False, [[0, 1, 1, 1]] -> True
+  (the first token attends every slot).
   """
-  slots = jnp.arange(1, image_mask.shape[1] + 1, dtype=text_time.dtype)
-  attended = (text_time[:, :, None] == slots).any(axis=1)  # (B, T)
-  return (attended & ~image_mask.astype(bool)).any()
+  attended = allowed_media(text_time, image_mask.shape[1], 1, only_immediate)[:, 0]  # (B, L, T)
+  if not only_immediate:
+    attended = attended | (text_time == 0)[:, :, None]
+  return (attended.any(axis=1) & ~image_mask.astype(bool)).any()
 
 
 class MaskedCrossAttention(nn.Module):
