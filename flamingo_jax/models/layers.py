@@ -53,7 +53,11 @@ class Dense(nn.Module):
   split_outputs: bool = False
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, fold: tuple[Array | None, Array | None] | None = None) -> Array:
+    """`fold` = (scale, bias) of a LayerNorm (`LayerNormAffine`) whose normalised input x is:
+    the result is this layer applied to `xhat * scale + bias`, computed as
+    `xhat @ (scale * kernel) + bias @ kernel`. The same numbers, but when x is a constant (frozen
+    features) the backward needs no gradient with respect to x, only the kernel's."""
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
     n_in = len(self.in_axes)
     in_shape = x.shape[-n_in:]
@@ -71,7 +75,17 @@ class Dense(nn.Module):
       bias = make_param(self, self.collection, "bias", nn.initializers.zeros, features,
                         self.param_dtype, self.out_axes)
 
+    if fold is not None and n_in != 1:
+      raise ValueError(f"fold needs one input dim, this Dense has in_axes={self.in_axes}")
+
     def project(k, b):
+      if fold is not None:
+        scale, shift = fold
+        if shift is not None:
+          shifted = jnp.tensordot(shift.astype(jnp.float32), k.astype(jnp.float32), 1)
+          b = shifted if b is None else b + shifted
+        if scale is not None:
+          k = scale.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1))) * k
       y = jax.lax.dot_general(rows, k.astype(self.dtype), ((tuple(range(1, n_in + 1)), tuple(range(n_in))), ((), ())))
       y = y.reshape(*lead, *k.shape[n_in:])
       return y if b is None else y + b.astype(self.dtype)
@@ -82,9 +96,21 @@ class Dense(nn.Module):
     return tuple(project(kernel[(*at, i)], None if bias is None else bias[i]) for i in range(features[0]))
 
 
+NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+
+
+def normalize(x: Array, eps: float = NORM_EPS) -> Array:
+  """(x - mean) / sqrt(var + eps) over the last dim, in fp32: a LayerNorm before its scale and
+  bias."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
 class LayerNorm(nn.Module):
   """LayerNorm over the last dim, computed in fp32 (as torch does under autocast)."""
-  eps: float = 1e-5
+  eps: float = NORM_EPS
   use_bias: bool = True
   use_scale: bool = True
   axis_name: str = "norm"
@@ -92,20 +118,32 @@ class LayerNorm(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def affine(self, dim: int) -> tuple[Array | None, Array | None]:
+    """Declares (from a compact method) and returns the (scale, bias) parameters, fp32."""
+    get = lambda name, init: make_param(self, self.collection, name, init, (dim,), self.param_dtype,
+                                        (self.axis_name,)).astype(jnp.float32)
+    return (get("scale", nn.initializers.ones) if self.use_scale else None,
+            get("bias", nn.initializers.zeros) if self.use_bias else None)
+
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    dim = x.shape[-1]
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    if self.use_scale:
-      y = y * make_param(self, self.collection, "scale", nn.initializers.ones, (dim,),
-                         self.param_dtype, (self.axis_name,)).astype(jnp.float32)
-    if self.use_bias:
-      y = y + make_param(self, self.collection, "bias", nn.initializers.zeros, (dim,),
-                         self.param_dtype, (self.axis_name,)).astype(jnp.float32)
+    y = normalize(x, self.eps)
+    scale, bias = self.affine(x.shape[-1])
+    if scale is not None:
+      y = y * scale
+    if bias is not None:
+      y = y + bias
     return y.astype(self.dtype)
+
+
+class LayerNormAffine(LayerNorm):
+  """A LayerNorm's (scale, bias), under the same names, for input that `normalize` has already
+  normalised: `Dense(...)(normalize(x), fold=LayerNormAffine(...)(dim))` equals
+  `Dense(...)(LayerNorm(...)(x))` (see `Dense`'s `fold`)."""
+
+  @nn.compact
+  def __call__(self, dim: int) -> tuple[Array | None, Array | None]:
+    return self.affine(dim)
 
 
 class Embed(nn.Module):

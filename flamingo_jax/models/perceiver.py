@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from flamingo_jax.models import layers
-from flamingo_jax.models.layers import Dense, LayerNorm
+from flamingo_jax.models.layers import Dense, LayerNorm, LayerNormAffine
 
 
 class FeedForward(nn.Module):
@@ -33,7 +33,12 @@ class FeedForward(nn.Module):
 
 
 class PerceiverAttention(nn.Module):
-  """Latents attend to [media tokens; latents], both layer-normed; no mask."""
+  """Latents attend to [media tokens; latents], both layer-normed; no mask.
+
+  `media` comes normalised (`layers.normalize`, once for every layer: it is the same in each) and
+  this layer's `norm_media` scale and bias are folded into `to_kv` (see `Dense`'s `fold`): the same
+  numbers as normalising it here, but the backward needs no gradient of the (frozen) media tokens,
+  the bulk of the rows."""
   heads: int
   dim_head: int
   dtype: jnp.dtype = jnp.float32
@@ -41,15 +46,16 @@ class PerceiverAttention(nn.Module):
 
   @nn.compact
   def __call__(self, media, latents):
-    # media: (B, T, M, D); latents: (B, T, N, D)
+    # media: (B, T, M, D) normalised; latents: (B, T, N, D)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dim = latents.shape[-1]
-    media = LayerNorm(name="norm_media", **kw)(media)
+    media_affine = LayerNormAffine(name="norm_media", **kw)(dim)
     latents = LayerNorm(name="norm_latents", **kw)(latents)
     q = Dense((self.heads, self.dim_head), ("vision_embed",), ("heads", "kv"), name="to_q", **kw)(latents)
-    kv_in = jnp.concatenate([media, latents], axis=-2)
-    k, v = Dense((2, self.heads, self.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
-                 split_outputs=True, **kw)(kv_in)
+    to_kv = Dense((2, self.heads, self.dim_head), ("vision_embed",), (None, "heads", "kv"), name="to_kv",
+                  split_outputs=True, **kw)
+    k, v = (jnp.concatenate(pair, axis=-3)
+            for pair in zip(to_kv(media, fold=media_affine), to_kv(latents)))
     b, t = q.shape[:2]
     merge = lambda a: a.reshape(b * t, *a.shape[2:])
     out = layers.attention(merge(q), merge(k), merge(v))
@@ -57,9 +63,9 @@ class PerceiverAttention(nn.Module):
     return Dense(dim, ("heads", "kv"), ("vision_embed",), name="to_out", **kw)(out)
 
 
-def _residual_layer(attn: nn.Module, ff: nn.Module, x: jax.Array, latents: jax.Array) -> jax.Array:
-  """One resampler layer: latents + attn(x, latents), then + ff(latents)."""
-  latents = latents + attn(x, latents)
+def _residual_layer(attn: nn.Module, ff: nn.Module, media: jax.Array, latents: jax.Array) -> jax.Array:
+  """One resampler layer: latents + attn(media, latents), then + ff(latents)."""
+  latents = latents + attn(media, latents)
   return latents + ff(latents)
 
 
@@ -70,10 +76,10 @@ class PerceiverLayer(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, latents, x):
+  def __call__(self, latents, media):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     return _residual_layer(PerceiverAttention(c.heads, c.dim_head, name="attn", **kw),
-                           FeedForward(c.ff_mult, "vision_embed", name="ff", **kw), x, latents), None
+                           FeedForward(c.ff_mult, "vision_embed", name="ff", **kw), media, latents), None
 
 
 class PerceiverResampler(nn.Module):
@@ -111,19 +117,19 @@ class PerceiverResampler(nn.Module):
     latents = layers.make_param(self, layers.TRAINABLE, "latents", nn.initializers.normal(1.0),
                                 (c.num_latents, dim), self.param_dtype, ("latents", "vision_embed"))
     latents = jnp.broadcast_to(latents.astype(self.dtype), (b, t, c.num_latents, dim))
-    latents = LayerNorm(name="norm", **kw)(self._layers(x, latents))
+    latents = LayerNorm(name="norm", **kw)(self._layers(layers.normalize(x), latents))
     return layers.constrain(latents, ("batch", "media", "latents", "act_embed"))
 
-  def _layers(self, x: jax.Array, latents: jax.Array) -> jax.Array:
+  def _layers(self, media: jax.Array, latents: jax.Array) -> jax.Array:
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.scan:
       stack = layers.scan(lambda layer, h, media: layer(h, media), (layers.TRAINABLE,), c.depth,
                           in_axes=nn.broadcast)
       layer = layers.remat(PerceiverLayer, self.remat_policy, prevent_cse=False)
-      return stack(layer(c, name="layers", **kw), latents, x)[0]
+      return stack(layer(c, name="layers", **kw), latents, media)[0]
     attn_cls = layers.remat(PerceiverAttention, self.remat_policy)
     ff_cls = layers.remat(FeedForward, self.remat_policy)
     for i in range(c.depth):
       latents = _residual_layer(attn_cls(c.heads, c.dim_head, name=f"layers_{i}_attn", **kw),
-                                ff_cls(c.ff_mult, "vision_embed", name=f"layers_{i}_ff", **kw), x, latents)
+                                ff_cls(c.ff_mult, "vision_embed", name=f"layers_{i}_ff", **kw), media, latents)
     return latents
