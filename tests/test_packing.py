@@ -123,8 +123,17 @@ def test_pack_order_worked_example():
   assert order.tolist() == [[0, 1, 3]] and valid.tolist() == [[True, True, True]]
   order, valid = packing_lib.pack_order(mask, 1, 4)
   assert order.tolist() == [[0, 1, 3, 2]] and valid.tolist() == [[True, True, True, False]]
+  sources = packing_lib.slot_sources(order, valid, mask.shape)
+  assert sources.tolist() == [[0, 1, 4], [2, 4, 4]]  # the blank fourth place is not read: the fill
   order, valid = packing_lib.pack_order(mask, 2, 2)
   assert order.tolist() == [[0, 1], [0, 1]] and valid.tolist() == [[True, True], [True, False]]
+  sources = packing_lib.slot_sources(order, valid, mask.shape)
+  assert sources.tolist() == [[0, 1, 4], [2, 4, 4]]
+  order, valid = packing_lib.pack_order(mask, 1, 3)
+  sources = packing_lib.slot_sources(order, valid, mask.shape)
+  assert sources.tolist() == [[0, 1, 3], [2, 3, 3]]  # the module's worked example
+  values, fill = jnp.asarray([[10., 11., 12.]]), jnp.asarray(-1.)
+  assert packing_lib.unpack(values, fill, sources).tolist() == [[10, 11, -1], [12, -1, -1]]
 
 
 def test_buffer_plan_and_overflow():

@@ -67,6 +67,12 @@ class Flamingo(nn.Module):
     one blank image; the latents are the same as without packing. Given the text's `text_time`
     (xattn.media_text_time), the blank image is encoded only when a token attends an empty slot.
     """
+    media = self._encode_media(vision_x, image_mask, packing, text_time)
+    return packing_lib.unpack(**media) if isinstance(media, dict) else media
+
+  def _encode_media(self, vision_x, image_mask, packing, text_time) -> jax.Array | dict:
+    """`encode_images`, except that packed media stay packed (models/packing.py's dict), so
+    that each gated block projects the buffer's latents to keys and values, not every slot's."""
     if vision_x.ndim != 6:
       raise ValueError(f"vision_x must be (batch, images, frames, height, width, 3), got {vision_x.shape}")
     if image_mask is None:
@@ -84,7 +90,8 @@ class Flamingo(nn.Module):
     needed = None if text_time is None else attends_empty_slot(
         text_time, image_mask, self.cfg.xattn.only_attend_immediate_media)
     blank = self._blank_latents(jnp.zeros((1, 1, *vision_x.shape[2:]), vision_x.dtype), latents[0, 0], needed)
-    return packing_lib.scatter_slots(latents, order, valid, blank, image_mask.shape)
+    return {"values": latents, "fill": blank,
+            "sources": packing_lib.slot_sources(order, valid, image_mask.shape)}
 
   def _blank_latents(self, blank_image: jax.Array, like: jax.Array, needed: jax.Array | None) -> jax.Array:
     """(N, D) latents of `blank_image` (1, 1, F, S, S, 3), which empty slots get. When `needed`
@@ -124,7 +131,7 @@ class Flamingo(nn.Module):
   def _run_layers(self, h, text_time, allowed, positions, *, media=None, media_kv=None,
                   caches=None, cache_index=None):
     """All decoder layers with their gated blocks. Each gated block attends to `media` (B, T, N, E)
-    or to its cached `media_kv`. Returns (h, media_kv, caches) for the decode state."""
+    or packed, or to its cached `media_kv`. Returns (h, media_kv, caches) for the decode state."""
     if self.cfg.scan_layers:
       h, out = self.layers(h, {"media_kv": media_kv, "caches": caches}, allowed, positions,
                            text_time, media, cache_index)
@@ -142,7 +149,8 @@ class Flamingo(nn.Module):
 
   def decode(self, media: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
              positions: jax.Array | None = None, text_time: jax.Array | None = None) -> jax.Array:
-    """Runs the LM with gated cross-attention to `media` (B, T, N, D_vision); returns logits."""
+    """Runs the LM with gated cross-attention to `media` (B, T, N, D_vision), or packed media
+    (models/packing.py); returns logits."""
     if positions is None:
       positions = self.lm.default_positions(attention_mask)
     if text_time is None:
@@ -158,7 +166,7 @@ class Flamingo(nn.Module):
     """Full forward: (B, T, F, S, S, 3) images and (B, L) text -> (B, L, V) logits; `image_mask`
     and `packing` as in `encode_images`."""
     text_time = media_text_time(input_ids, self.cfg.media_token_id)
-    return self.decode(self.encode_images(vision_x, image_mask, packing, text_time), input_ids,
+    return self.decode(self._encode_media(vision_x, image_mask, packing, text_time), input_ids,
                        attention_mask, positions, text_time)
 
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --

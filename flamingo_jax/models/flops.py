@@ -73,14 +73,18 @@ def vision_flops(c: ml_collections.ConfigDict, images: int, out: Flops) -> None:
 
 
 def resampler_flops(c: ml_collections.ConfigDict, images: int, out: Flops) -> None:
-  """The trained resampler on `images` single-frame images: everything has both gradients."""
+  """The trained resampler on `images` single-frame images: everything has both gradients but
+  the keys and values of the frozen image tokens (each layer's norm_media folded into its to_kv,
+  models/perceiver.py), which need an input gradient only if trained embeddings are added to them."""
   p, dim = c.perceiver, c.vision.width
   media = (c.vision.image_size // c.vision.patch_size) ** 2
   inner, latents = p.heads * p.dim_head, images * p.num_latents
   kw = dict(weight_grad=True, input_grad=True)
+  media_trained = p.max_num_media is not None or p.max_num_frames is not None
   for _ in range(p.depth):
     out.dense("resampler", latents, dim, inner, **kw)
-    out.dense("resampler", images * (media + p.num_latents), dim, 2 * inner, **kw)
+    out.dense("resampler", images * media, dim, 2 * inner, weight_grad=True, input_grad=media_trained)
+    out.dense("resampler", latents, dim, 2 * inner, **kw)
     out.attention("resampler", images * p.heads, p.num_latents, media + p.num_latents, p.dim_head,
                   grad=True)
     out.dense("resampler", latents, inner, dim, **kw)
@@ -88,9 +92,12 @@ def resampler_flops(c: ml_collections.ConfigDict, images: int, out: Flops) -> No
     out.dense("resampler", latents, p.ff_mult * dim, dim, **kw)
 
 
-def decoder_flops(c: ml_collections.ConfigDict, batch: int, media: int, length: int, out: Flops) -> None:
+def decoder_flops(c: ml_collections.ConfigDict, batch: int, media: int, length: int, out: Flops,
+                  projected: int | None = None) -> None:
   """Gated blocks, frozen decoder layers and the output head on `batch` rows of `length` tokens,
-  each row with `media` image slots of latents."""
+  each row with `media` image slots of latents, of which the blocks project `projected` images'
+  (default every slot; packed, the buffer and the fill) to keys and values."""
+  projected = batch * media if projected is None else projected
   lm, x = c.lm, c.xattn
   rows, width = batch * length, lm.hidden_size
   embed = lm.get("word_embed_proj_dim") or width
@@ -101,7 +108,7 @@ def decoder_flops(c: ml_collections.ConfigDict, batch: int, media: int, length: 
   for i in range(lm.num_layers):
     if has_xattn(i, x.every_n_layers):
       kw = dict(weight_grad=True, input_grad=True)  # its LayerNorms are trained
-      out.dense("xattn", batch * media * c.perceiver.num_latents, c.vision.width, 2 * inner, **kw)
+      out.dense("xattn", projected * c.perceiver.num_latents, c.vision.width, 2 * inner, **kw)
       out.dense("xattn", rows, width, inner, **kw)
       out.attention("xattn", batch * x.heads, length, media * c.perceiver.num_latents, x.dim_head,
                     grad=True)
@@ -125,10 +132,11 @@ def decoder_flops(c: ml_collections.ConfigDict, batch: int, media: int, length: 
 def step_flops(model_cfg: ml_collections.ConfigDict, batches: dict[str, tuple[int, int, int, int]]) -> Flops:
   """Model FLOPs of one training step: `batches` maps each dataset to (rows, image slots per
   row, images the vision tower encodes, text length). Unpacked, the tower encodes every slot;
-  packed (train/image_buffers.py), the buffer plus one blank image."""
+  packed (train/image_buffers.py), the buffer plus one blank image, whose latents are also the
+  ones the gated blocks project."""
   out = Flops()
   for rows, slots, encoded, length in batches.values():
     vision_flops(model_cfg, encoded, out)
     resampler_flops(model_cfg, encoded, out)
-    decoder_flops(model_cfg, rows, slots, length, out)
+    decoder_flops(model_cfg, rows, slots, length, out, projected=encoded)
   return out

@@ -82,7 +82,8 @@ class Dense(nn.Module):
       if fold is not None:
         scale, shift = fold
         if shift is not None:
-          shifted = jnp.tensordot(shift.astype(jnp.float32), k.astype(jnp.float32), 1)
+          # One vector through the kernel: a multiply and a sum (no matrix product to count).
+          shifted = (shift.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1))) * k).sum(0)
           b = shifted if b is None else b + shifted
         if scale is not None:
           k = scale.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1))) * k

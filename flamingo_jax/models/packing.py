@@ -1,5 +1,9 @@
 """Packing a batch's real images into a fixed-size buffer, so the frozen ViT and the resampler run
-on real images only, and scattering their latents back to the slots.
+on real images only, and reading their latents (or the cross-attention's keys and values of
+them) back into the slots.
+
+A packed batch's media travel as a dict {"values": (groups, per_group, N, E) latents, "fill":
+(N, E), "sources": (B, T) `slot_sources`}; `unpack` gives the (B, T, N, E) slots.
 
 The batch is split into `groups` equal runs of rows (one per data x fsdp device, so each device
 packs its own rows and nothing crosses devices); each group has `per_group` buffer places.
@@ -8,7 +12,7 @@ Worked example: groups=1, per_group=3, image_mask (2 rows x 3 slots)
     [[1, 1, 0],
      [1, 0, 0]]
   flattened slots 0..5 -> order [0, 1, 3] (real slots first, in slot order), valid [1, 1, 1];
-  the buffer holds slots 0, 1, 3; slots 2, 4, 5 get the blank image's latents.
+  the buffer holds slots 0, 1, 3; slots 2, 4, 5 get the blank image's latents (the fill).
 With per_group=4 the order would be [0, 1, 3, 2] and valid [1, 1, 1, 0]: the fourth place is a
 blank image, its latents thrown away.
 """
@@ -35,14 +39,25 @@ def gather_slots(x: jax.Array, order: jax.Array, groups: int) -> jax.Array:
   return jnp.take_along_axis(flat, index, axis=1)
 
 
-def scatter_slots(values: jax.Array, order: jax.Array, valid: jax.Array, fill: jax.Array,
-                  shape: tuple[int, int]) -> jax.Array:
-  """values (groups, per_group, ...) -> (B, T, ...): the valid places at their slots, `fill`
-  (broadcastable to one slot's value) in every other slot."""
+def slot_sources(order: jax.Array, valid: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """(B, T) int32: for each image slot, its place in the flattened buffer (group-major,
+  groups * per_group places), or groups * per_group (the fill) for a slot that is not in it.
+
+  Worked example (the module's, per_group=3): order [[0, 1, 3]], valid [[1, 1, 1]], shape (2, 3)
+  -> [[0, 1, 3], [2, 3, 3]]: slots 0, 1 and 3 are buffer places 0, 1 and 2, the others read the
+  fill (place 3).
+  """
   groups, per_group = order.shape
   b, t = shape
-  out = jnp.broadcast_to(fill, (groups, (b // groups) * t, *values.shape[2:])).astype(values.dtype)
-  keep = valid.reshape(*valid.shape, *([1] * (values.ndim - 2)))
-  values = jnp.where(keep, values, fill.astype(values.dtype))
-  out = out.at[jnp.arange(groups)[:, None], order].set(values)
-  return out.reshape(b, t, *values.shape[2:])
+  place = jnp.arange(groups * per_group, dtype=jnp.int32).reshape(groups, per_group)
+  fill = groups * per_group
+  sources = jnp.full((groups, (b // groups) * t), fill, jnp.int32)
+  sources = sources.at[jnp.arange(groups)[:, None], order].set(jnp.where(valid, place, fill))
+  return sources.reshape(b, t)
+
+
+def unpack(values: jax.Array, fill: jax.Array, sources: jax.Array) -> jax.Array:
+  """values (groups, per_group, ...) per buffer place and `fill` (one slot's value) -> (B, T, ...)
+  per slot, each slot reading its `slot_sources` place."""
+  table = jnp.concatenate([values.reshape(-1, *values.shape[2:]), fill[None].astype(values.dtype)])
+  return jnp.take(table, sources, axis=0)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax.models import layers
+from flamingo_jax.models import layers, packing
 from flamingo_jax.models.layers import Dense, LayerNorm
 from flamingo_jax.models.perceiver import FeedForward
 
@@ -64,9 +64,14 @@ class MaskedCrossAttention(nn.Module):
                        split_outputs=True, **kw)
     self.to_out = Dense(self.out_features, ("heads", "kv"), ("embed",), **kw)
 
-  def media_kv(self, media: jax.Array) -> dict:
-    """(B, T, N, E) latents -> their keys and values, each (B, T, N, H, d)."""
-    k, v = self.to_kv(media)
+  def media_kv(self, media: jax.Array | dict) -> dict:
+    """(B, T, N, E) latents, or packed ones (models/packing.py) -> their keys and values, each
+    (B, T, N, H, d). Packed, only the buffer and the fill are projected."""
+    if not isinstance(media, dict):
+      k, v = self.to_kv(media)
+      return {"k": k, "v": v}
+    kv = zip(self.to_kv(media["values"]), self.to_kv(media["fill"]))
+    k, v = (packing.unpack(values, fill, media["sources"]) for values, fill in kv)
     return {"k": k, "v": v}
 
   def __call__(self, x: jax.Array, media_kv: dict, text_time: jax.Array) -> jax.Array:
