@@ -12,6 +12,7 @@ Every batch (numpy, per process) is checked against the batch contract, `data/ba
 """
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import os
@@ -176,12 +177,12 @@ def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: 
   counter = SkipCounter()
   iters = {name: CountingIterator(iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
                                                     process_count=process_count)), name, counter,
-                                  chunk_size(name, cfg, process_count))
+                                  chunk_size(name, cfg, process_count), cfg.workers)
            for name in DATASETS}
   return iters, counter
 
 
-OLD_DATA_STATE = "The data position in this checkpoint was written before samples moved in chunks"
+OLD_DATA_STATE = "The data position in this checkpoint cannot be read"
 
 
 class CountingIterator(grain.DatasetIterator):
@@ -191,9 +192,11 @@ class CountingIterator(grain.DatasetIterator):
     state = it.get_state()   # {"iterator": <Grain's state>, "skipped": {"laion/empty text": 3, ...}}
   """
 
-  def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter, chunk: int = 2):
+  def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter, chunk: int = 2,
+               workers: int = 0):
     super().__init__(inner)
-    self._inner, self._prefix, self._counter, self._chunk = inner, f"{name}/", counter, chunk
+    self._inner, self._prefix, self._counter = inner, f"{name}/", counter
+    self._chunk, self._workers = chunk, workers
 
   def __next__(self):
     return next(self._inner)
@@ -203,6 +206,7 @@ class CountingIterator(grain.DatasetIterator):
     return {"iterator": self._inner.get_state(), "skipped": skipped}
 
   def set_state(self, state: dict) -> None:
+    state = copy.deepcopy(state)  # Grain advances the state it is given in place
     if "iterator" not in state:  # a checkpoint from before the counts were saved
       self._inner.set_state(self._chunked(state))
       return
@@ -212,15 +216,56 @@ class CountingIterator(grain.DatasetIterator):
     self._counter.counts.update(state["skipped"])
 
   def _chunked(self, inner: dict) -> dict:
-    """Grain's state of a checkpoint written before samples moved in chunks, in today's layout:
-    {"next_index": n} (n samples read, in-process) -> chunk n // size, sample n % size of it."""
+    """Grain's state in today's layout for this pipeline's worker count: today's (chunks, read
+    in-process or by any number of workers, and the position in the current chunk) re-laid, or one
+    written before samples moved in chunks (n samples read -> chunk n // size, sample n % size)."""
     if "parent" in inner:
-      return inner
-    if set(inner) != {"next_index"}:
-      raise ValueError(f"{OLD_DATA_STATE}: it was read by worker processes, one sample at a time; "
-                       "resume it with the flamingo_jax that wrote it, or start a new workdir")
-    n = int(inner["next_index"])
-    return {"parent": {"next_index": n // self._chunk}, "next_index_in_buffer": n % self._chunk}
+      return {"parent": chunk_position_state(elements_read(inner["parent"]), self._workers),
+              "next_index_in_buffer": inner["next_index_in_buffer"]}
+    n = elements_read(inner)
+    return {"parent": chunk_position_state(n // self._chunk, self._workers),
+            "next_index_in_buffer": n % self._chunk}
+
+
+def elements_read(state: dict) -> int:
+  """How many elements a Grain iterator had handed over, from its state: in-process
+  {"next_index": n}, or by worker processes (`mp_prefetch`), where worker w reads every W-th
+  element from the w-th and its state holds its position in that slice at some recent element
+  and the elements handed over since. Workers hand over in turn from worker 0, so the first ones
+  are at most one ahead of the rest.
+
+  Worked example: {"workers_state": {"0": {"next_index": 380}, "1": {"next_index": 0}},
+  "iterations_to_skip": {"0": 70, "1": 450}, ...} -> 450 + 450 = 900.
+  """
+  if set(state) == {"next_index"}:
+    return int(state["next_index"])
+  if "workers_state" not in state:
+    raise ValueError(f"{OLD_DATA_STATE}, in a layout this version does not know ({sorted(state)}); "
+                     "resume it with the flamingo_jax that wrote it, or start a new workdir")
+  try:
+    counts = [int(state["workers_state"][w]["next_index"]) + int(state["iterations_to_skip"][w])
+              for w in sorted(state["workers_state"], key=int)]
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{OLD_DATA_STATE}: its worker-process position is unreadable ({e!r}); start a "
+                     "new workdir") from None
+  if not counts or any(b > a for a, b in zip(counts, counts[1:])) or counts[0] - counts[-1] > 1:
+    raise ValueError(f"{OLD_DATA_STATE}: its workers' positions {counts} are not in turn; start a "
+                     "new workdir")
+  return sum(counts)
+
+
+def chunk_position_state(chunks: int, workers: int) -> dict:
+  """Grain's state of the chunk-level iterator (before `_Unpack`) after `chunks` chunks: in-process
+  {"next_index": chunks}; with worker processes, which hand chunks over in turn from worker 0,
+  each worker's position in its slice (the inverse of `elements_read`).
+
+  Worked example: chunks=5, workers=2 -> workers 0 and 1 at 3 and 2, worker 0 handed over last.
+  """
+  if not workers:
+    return {"next_index": chunks}
+  return {"workers_state": {str(w): {"next_index": (chunks - w + workers - 1) // workers} for w in range(workers)},
+          "iterations_to_skip": {str(w): 0 for w in range(workers)},
+          "last_worker_index": (chunks - 1) % workers if chunks else -1}
 
 
 def validation_batches(name: str, cfg: ml_collections.ConfigDict, tok, n: int, *, process_index: int = 0,

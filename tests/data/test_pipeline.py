@@ -57,18 +57,55 @@ def test_restored_iterator_continues_exactly(make_cfg, tok, workers):
   for k, it in fresh.items():
     it.set_state(state[k])
   assert_same_batches(expected, pipeline.first_batches(fresh, 3))
-  if workers:
-    return
-  # A checkpoint from before the chunks held {"next_index": samples read}: it resumes the same.
-  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  fresh, _ = pipeline.make_train_iterators(make_cfg(workers=2 - workers), tok)  # other workers
   for k, it in fresh.items():
-    inner = state[k]["iterator"]
-    chunk = pipeline.chunk_size(k, cfg)
-    read = inner["parent"]["next_index"] * chunk + inner["next_index_in_buffer"]
-    it.set_state({"iterator": {"next_index": read}, "skipped": state[k]["skipped"]})
+    it.set_state(state[k])
   assert_same_batches(expected, pipeline.first_batches(fresh, 3))
-  with pytest.raises(ValueError, match=pipeline.OLD_DATA_STATE):  # one read by worker processes
-    fresh["laion"].set_state({"iterator": {"workers_state": {}, "iterations_to_skip": {}}, "skipped": {}})
+  # Checkpoints from before the chunks held Grain's state of reading one sample at a time:
+  # in-process {"next_index": samples read}, or by worker processes (mp_prefetch's layout, here as
+  # Grain writes it after the same samples). Both resume at the same batch, whatever the workers.
+  for layout in ("in-process", "2 workers"):
+    fresh, _ = pipeline.make_train_iterators(cfg, tok)
+    for k, it in fresh.items():
+      read = _samples_read(state[k]["iterator"], pipeline.chunk_size(k, cfg))
+      old = {"next_index": read} if layout == "in-process" else _per_sample_worker_state(cfg, k, read)
+      it.set_state({"iterator": old, "skipped": state[k]["skipped"]})
+    assert_same_batches(expected, pipeline.first_batches(fresh, 3))
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  with pytest.raises(ValueError, match=pipeline.OLD_DATA_STATE):  # workers out of turn
+    fresh["laion"].set_state({"iterator": {"workers_state": {"0": {"next_index": 3}, "1": {"next_index": 5}},
+                                           "iterations_to_skip": {"0": 0, "1": 0}}, "skipped": {}})
+  with pytest.raises(ValueError, match=pipeline.OLD_DATA_STATE):  # a layout this version does not know
+    fresh["laion"].set_state({"iterator": {"position": 3}, "skipped": {}})
+
+
+def _samples_read(inner: dict, chunk: int) -> int:
+  """Samples a pipeline of today had read, from its Grain state: chunks before the current one
+  (in-process or by workers) and the position in the current one."""
+  return pipeline.elements_read(inner["parent"]) * chunk + inner["next_index_in_buffer"]
+
+
+def _per_sample_worker_state(cfg, name: str, read: int) -> dict:
+  """Grain's state of 2 worker processes that have handed over `read` records one at a time (the
+  pre-chunk pipeline's layout; the state counts elements, whatever they hold)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  records = pipeline.training_order(name, cfg).to_iter_dataset()
+  it = iter(records.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=2)))
+  for _ in range(read):
+    next(it)
+  return it.get_state()
+
+
+def test_worker_positions_worked_examples():
+  state = {"workers_state": {"0": {"next_index": 380}, "1": {"next_index": 0}},
+           "iterations_to_skip": {"0": 70, "1": 450}, "last_worker_index": 1}
+  assert pipeline.elements_read(state) == 900
+  five = pipeline.chunk_position_state(5, 2)
+  assert five == {"workers_state": {"0": {"next_index": 3}, "1": {"next_index": 2}},
+                  "iterations_to_skip": {"0": 0, "1": 0}, "last_worker_index": 0}
+  assert pipeline.elements_read(five) == 5
+  assert pipeline.chunk_position_state(0, 2)["last_worker_index"] == -1
+  assert pipeline.chunk_position_state(7, 0) == {"next_index": 7}
 
 
 @pytest.mark.parametrize("count", [2, 3])  # whole shards per process; every n-th sample
