@@ -128,7 +128,9 @@ def test_pack_order_worked_example():
   order, valid = packing_lib.pack_order(mask, 2, 2)
   assert order.tolist() == [[0, 1], [0, 1]] and valid.tolist() == [[True, True], [True, False]]
   sources = packing_lib.slot_sources(order, valid, mask.shape)
-  assert sources.tolist() == [[0, 1, 4], [2, 4, 4]]
+  assert sources.tolist() == [[0, 1, 2], [0, 2, 2]]  # places within each group; 2 = the fill
+  values = jnp.asarray([[10., 11.], [12., 13.]])
+  assert packing_lib.unpack(values, jnp.asarray(-1.), sources).tolist() == [[10, 11, -1], [12, -1, -1]]
   order, valid = packing_lib.pack_order(mask, 1, 3)
   sources = packing_lib.slot_sources(order, valid, mask.shape)
   assert sources.tolist() == [[0, 1, 3], [2, 3, 3]]  # the module's worked example

@@ -40,24 +40,30 @@ def gather_slots(x: jax.Array, order: jax.Array, groups: int) -> jax.Array:
 
 
 def slot_sources(order: jax.Array, valid: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """(B, T) int32: for each image slot, its place in the flattened buffer (group-major,
-  groups * per_group places), or groups * per_group (the fill) for a slot that is not in it.
+  """(B, T) int32: for each image slot, its place in its group's buffer (0 .. per_group - 1), or
+  per_group (the fill) for a slot that is not in it. Group-local, so that reading values back
+  (`unpack`) stays on each group's device.
 
   Worked example (the module's, per_group=3): order [[0, 1, 3]], valid [[1, 1, 1]], shape (2, 3)
   -> [[0, 1, 3], [2, 3, 3]]: slots 0, 1 and 3 are buffer places 0, 1 and 2, the others read the
-  fill (place 3).
+  fill (place 3). With groups=2, per_group=2 (order [[0, 1], [0, 1]], valid [[1, 1], [1, 0]])
+  -> [[0, 1, 2], [0, 2, 2]].
   """
   groups, per_group = order.shape
   b, t = shape
-  place = jnp.arange(groups * per_group, dtype=jnp.int32).reshape(groups, per_group)
-  fill = groups * per_group
-  sources = jnp.full((groups, (b // groups) * t), fill, jnp.int32)
-  sources = sources.at[jnp.arange(groups)[:, None], order].set(jnp.where(valid, place, fill))
+  place = jnp.broadcast_to(jnp.arange(per_group, dtype=jnp.int32), (groups, per_group))
+  sources = jnp.full((groups, (b // groups) * t), per_group, jnp.int32)
+  sources = sources.at[jnp.arange(groups)[:, None], order].set(jnp.where(valid, place, per_group))
   return sources.reshape(b, t)
 
 
 def unpack(values: jax.Array, fill: jax.Array, sources: jax.Array) -> jax.Array:
   """values (groups, per_group, ...) per buffer place and `fill` (one slot's value) -> (B, T, ...)
-  per slot, each slot reading its `slot_sources` place."""
-  table = jnp.concatenate([values.reshape(-1, *values.shape[2:]), fill[None].astype(values.dtype)])
-  return jnp.take(table, sources, axis=0)
+  per slot, each slot reading its `slot_sources` place in its own group."""
+  groups, per_group = values.shape[:2]
+  b, t = sources.shape
+  fills = jnp.broadcast_to(fill.astype(values.dtype), (groups, 1, *values.shape[2:]))
+  table = jnp.concatenate([values, fills], axis=1)  # (groups, per_group + 1, ...)
+  index = sources.reshape(groups, (b // groups) * t)
+  out = jnp.take_along_axis(table, index.reshape(*index.shape, *([1] * (table.ndim - 2))), axis=1)
+  return out.reshape(b, t, *values.shape[2:])

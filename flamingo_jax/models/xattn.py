@@ -107,8 +107,9 @@ class GatedCrossAttentionBlock(nn.Module):
     self.attn = MaskedCrossAttention(self.cfg, self.dim, **kw)
     self.ff = FeedForward(self.cfg.ff_mult, **kw)
 
-  def media_kv(self, media: jax.Array) -> dict:
-    """The images' keys and values for this block (cacheable across decode steps)."""
+  def media_kv(self, media: jax.Array | dict) -> dict:
+    """The images' keys and values for this block (cacheable across decode steps), from
+    (B, T, N, E) latents or packed ones."""
     return self.attn.media_kv(media)
 
   def __call__(self, x: jax.Array, media_kv: dict, text_time: jax.Array) -> jax.Array:
