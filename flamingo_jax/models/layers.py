@@ -81,12 +81,13 @@ class Dense(nn.Module):
     def project(k, b):
       if fold is not None:
         scale, shift = fold
+        along_in = lambda v: v.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1)))
         if shift is not None:
           # One vector through the kernel: a multiply and a sum (no matrix product to count).
-          shifted = (shift.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1))) * k).sum(0)
+          shifted = (along_in(shift) * k).sum(0)
           b = shifted if b is None else b + shifted
         if scale is not None:
-          k = scale.astype(jnp.float32).reshape(-1, *([1] * (k.ndim - 1))) * k
+          k = along_in(scale) * k
       y = jax.lax.dot_general(rows, k.astype(self.dtype), ((tuple(range(1, n_in + 1)), tuple(range(n_in))), ((), ())))
       y = y.reshape(*lead, *k.shape[n_in:])
       return y if b is None else y + b.astype(self.dtype)

@@ -34,9 +34,12 @@ def pack_order(image_mask: jax.Array, groups: int, per_group: int) -> tuple[jax.
 
 def gather_slots(x: jax.Array, order: jax.Array, groups: int) -> jax.Array:
   """x (B, T, ...) -> (groups, per_group, ...) at `order`."""
-  flat = x.reshape(groups, -1, *x.shape[2:])
-  index = order.reshape(*order.shape, *([1] * (flat.ndim - 2)))
-  return jnp.take_along_axis(flat, index, axis=1)
+  return _take_places(x.reshape(groups, -1, *x.shape[2:]), order)
+
+
+def _take_places(table: jax.Array, index: jax.Array) -> jax.Array:
+  """table (groups, places, ...), index (groups, k) -> (groups, k, ...): each group's own places."""
+  return jnp.take_along_axis(table, index.reshape(*index.shape, *([1] * (table.ndim - 2))), axis=1)
 
 
 def slot_sources(order: jax.Array, valid: jax.Array, shape: tuple[int, int]) -> jax.Array:
@@ -64,6 +67,5 @@ def unpack(values: jax.Array, fill: jax.Array, sources: jax.Array) -> jax.Array:
   b, t = sources.shape
   fills = jnp.broadcast_to(fill.astype(values.dtype), (groups, 1, *values.shape[2:]))
   table = jnp.concatenate([values, fills], axis=1)  # (groups, per_group + 1, ...)
-  index = sources.reshape(groups, (b // groups) * t)
-  out = jnp.take_along_axis(table, index.reshape(*index.shape, *([1] * (table.ndim - 2))), axis=1)
+  out = _take_places(table, sources.reshape(groups, (b // groups) * t))
   return out.reshape(b, t, *values.shape[2:])

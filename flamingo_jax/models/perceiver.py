@@ -117,7 +117,9 @@ class PerceiverResampler(nn.Module):
     latents = layers.make_param(self, layers.TRAINABLE, "latents", nn.initializers.normal(1.0),
                                 (c.num_latents, dim), self.param_dtype, ("latents", "vision_embed"))
     latents = jnp.broadcast_to(latents.astype(self.dtype), (b, t, c.num_latents, dim))
-    latents = LayerNorm(name="norm", **kw)(self._layers(layers.normalize(x), latents))
+    # Normalised once for every layer, held in the compute dtype (each to_kv casts to it anyway).
+    media = layers.normalize(x).astype(self.dtype)
+    latents = LayerNorm(name="norm", **kw)(self._layers(media, latents))
     return layers.constrain(latents, ("batch", "media", "latents", "act_embed"))
 
   def _layers(self, media: jax.Array, latents: jax.Array) -> jax.Array:
