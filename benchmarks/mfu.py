@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # --reference shares the device
 
 from absl import app, flags  # noqa: E402
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -47,7 +46,8 @@ _REAL = flags.DEFINE_string("real_images", "", "min,max real images per MMC4 row
 _REFERENCE = flags.DEFINE_bool("reference", False, "Also time open_flamingo's step on the same model and batches.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Trace 3 steps and print the top device ops by time.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak bf16 TFLOP/s per device, for a chip chips.py lacks.")
-_JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
+_JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON (after each stage, so a later stage's failure keeps them).")
+_TRACE_DIR = flags.DEFINE_string("trace_dir", "", "With --profile: keep the trace and the compiled program's text here.")
 
 
 def random_batches(cfg, rng: np.random.Generator, real: tuple[int, int] | None = None) -> dict:
@@ -89,7 +89,7 @@ def build(cfg, batches):
   tx = optimizer.make_optimizer(cfg.optim)
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
   packing = packing_for(cfg, batches, mesh.shape["data"] * mesh.shape["fsdp"])
-  with mesh, nn.logical_axis_rules(rule_set):
+  with rules.activate(mesh, rule_set):
     state = state_lib.create_on_mesh(variables["params"], tx, shardings)
     step = step_lib.jit_train_step(cfg, mesh, shardings, step_lib.NonFinitePolicy.from_config(cfg.train), packing)
     device_batches = {name: rules.global_batch(b, mesh) for name, b in batches.items()}
@@ -186,6 +186,26 @@ def reference_seconds(cfg, batches, steps: int, warmup: int) -> list[float]:
   return times
 
 
+def write_json(f: dict) -> None:
+  if _JSON.value:
+    with open(_JSON.value, "w") as out:
+      json.dump(f, out, indent=1)
+
+
+def profile_steps(compiled, state, frozen, device_batches) -> dict:
+  """Where 3 steps' device time goes (flamingo_jax/train/profile.py); --trace_dir keeps the trace
+  and the compiled program's text, to read them again elsewhere."""
+  with tempfile.TemporaryDirectory() as scratch:
+    trace_dir = _TRACE_DIR.value or scratch
+    with jax.profiler.trace(trace_dir):
+      time_steps(compiled, state, frozen, device_batches, 0, 3)
+    hlo = compiled.as_text()
+    if _TRACE_DIR.value:
+      with open(os.path.join(trace_dir, "compiled_hlo.txt"), "w") as out:
+        out.write(hlo)
+    return profile.summarize(trace_dir, hlo, steps=3)
+
+
 def main(argv):
   del argv
   cfg = _CONFIG.value
@@ -195,12 +215,11 @@ def main(argv):
   times, state = time_steps(compiled, state, frozen, device_batches, _WARMUP.value, _STEPS.value)
   f = figures(cfg, packing, times, compile_s, xla_flops)
   print("\n".join(report(cfg, f)), flush=True)
+  write_json(f)
   if _PROFILE.value:
-    with tempfile.TemporaryDirectory() as trace_dir:
-      with jax.profiler.trace(trace_dir):
-        time_steps(compiled, state, frozen, device_batches, 0, 3)
-      f["profile"] = profile.summarize(trace_dir, compiled.as_text(), steps=3)
+    f["profile"] = profile_steps(compiled, state, frozen, device_batches)
     print("\n".join(profile.table(f["profile"])), flush=True)
+    write_json(f)
   if _REFERENCE.value:
     theirs = reference_seconds(cfg, batches, _STEPS.value, _WARMUP.value)
     p, x = cfg.model.perceiver, cfg.model.xattn
@@ -208,11 +227,10 @@ def main(argv):
       print("note: open_flamingo's resampler and gated blocks have fixed sizes (depth 6, 64 latents, "
             "8 heads of 64), not this config's: the ratio compares different models", flush=True)
     f["reference_step_s"] = statistics.median(theirs)
+    f["reference_step_s_all"] = theirs
     f["speedup"] = f["reference_step_s"] / f["step_s"]
     print(f"open_flamingo {f['reference_step_s'] * 1e3:.1f} ms/step: flamingo_jax is {f['speedup']:.2f}x", flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as out:
-      json.dump(f, out, indent=1)
+    write_json(f)
 
 
 if __name__ == "__main__":

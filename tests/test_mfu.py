@@ -52,3 +52,9 @@ def test_peaks_and_op_scopes():
   events = [{"ph": "X", "name": "fusion.7", "ts": 0, "dur": 10}, {"ph": "X", "name": "add.3", "ts": 5, "dur": 10},
             {"ph": "X", "name": "host_thing", "ts": 0, "dur": 99}]  # overlapping ops: 15 us busy, 20 in ops
   assert profile.device_op_times(events, profile.op_scopes(hlo)) == ({"fusion.7": 10.0, "add.3": 10.0}, 15.0)
+  # A GPU trace: the kernel on the device's track counts, its launch on the host's does not.
+  gpu = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+         {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+         {"ph": "X", "pid": 1, "name": "fusion.7", "ts": 0, "dur": 50},
+         {"ph": "X", "pid": 2, "name": "loop_fusion_kernel", "args": {"hlo_op": "fusion.7"}, "ts": 60, "dur": 4}]
+  assert profile.device_op_times(gpu, profile.op_scopes(hlo)) == ({"fusion.7": 4.0}, 4.0)

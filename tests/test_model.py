@@ -47,8 +47,12 @@ def test_sharded_forward_equals_single_device():
   shardings = rules.variable_shardings(abstract, mesh, rule_set)
   sharded_vars = jax.device_put(variables, nn.unbox(shardings))
   sharded_inputs = [jax.device_put(x, rules.batch_sharding(mesh, x.ndim)) for x in inputs]
-  with mesh, nn.logical_axis_rules(rule_set):
+  with rules.activate(mesh, rule_set):
     sharded = jax.jit(model.apply)(sharded_vars, *sharded_inputs)
+    # The model's activation constraints (layers.constrain) reach the program: under `with mesh:`
+    # alone flax drops them all without a word.
+    lowered = jax.jit(model.apply).lower(sharded_vars, *sharded_inputs).as_text()
+  assert lowered.count("sdy.sharding_constraint") >= 9, lowered.count("sdy.sharding_constraint")
   # Parameters really are split across devices (not silently replicated).
   qkv = sharded_vars["frozen"]["lm"]["blocks_0"]["attn"]["qkv"]["kernel"]
   assert len({str(s.index) for s in qkv.addressable_shards}) > 1

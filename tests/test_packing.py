@@ -101,7 +101,7 @@ def test_packed_equals_padded_on_8_devices():
       lambda p, x: jnp.full_like(x, 0.7) if "gate" in jax.tree_util.keystr(p) else x, variables)
   batch = _batch(cfg, MASKS["some"])
   padded = _loss_and_grads(cfg.model, jax.device_get(variables), batch, None)
-  with mesh, nn.logical_axis_rules(rule_set):
+  with rules.activate(mesh, rule_set):
     sharded = {k: jax.device_put(v, rules.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
     groups = 8
     per_group = int(image_buffers.per_group_counts(MASKS["some"], groups).max())

@@ -61,10 +61,7 @@ class Sampler:
     """The mesh and its logical-axis rules, entered around every call."""
     if self.mesh is None:
       return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(self.mesh)
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
+    return rules_lib.activate(self.mesh, self.rules)
 
   def shard_batch(self, x) -> jax.Array:
     """Puts a host batch (leading axis = rows) on the mesh's batch axes; arrays already on

@@ -6,6 +6,7 @@ maps it onto the mesh axes (data, fsdp, tensor).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +42,17 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]
     raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
                      f"have {len(devices)}")
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rule_set):
+  """The mesh and logical rules a sharded computation is traced under.
+
+  `jax.set_mesh`, not `with mesh:`: flax's logical constraints read the abstract mesh it sets and
+  are no-ops under `with mesh:` alone (every activation constraint would be silently dropped).
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rule_set):
+    yield
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:

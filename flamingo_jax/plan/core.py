@@ -14,7 +14,6 @@ import re
 import time
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -157,7 +156,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
   plan.model_flops = counts.total
   plan.model_flops_by_part = {part: counts.forward[part] + counts.backward[part] for part in flops_lib.PARTS}
   start = time.perf_counter()
-  with mesh, nn.logical_axis_rules(rules.logical_rules(cfg)):
+  with rules.activate(mesh, rules.logical_rules(cfg)):
     traced = step.trace(*args)
     plan.executed_flops = metrics.jaxpr_matmul_flops(traced.jaxpr)
     lowered = traced.lower()

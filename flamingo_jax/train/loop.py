@@ -9,7 +9,6 @@ all hosts save at the same step.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -89,10 +88,7 @@ class TrainRun:
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(self.mesh)
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
+    return rules.activate(self.mesh, self.rules)
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
@@ -112,7 +108,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
-  with mesh, nn.logical_axis_rules(rule_set):
+  with rules.activate(mesh, rule_set):
     state = state_lib.create_on_mesh(variables["params"], tx, shardings)
   ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
   # The model state and the data positions it belongs to, together; a damaged step set aside.

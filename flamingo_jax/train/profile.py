@@ -47,11 +47,15 @@ def _trace_events(trace_dir: str) -> list[dict]:
 
 def device_op_times(events: list[dict], scopes: dict[str, str]) -> tuple[dict[str, float], float]:
   """({op: total microseconds}, busy microseconds) of the ops of the compiled program (ops named
-  by `scopes`, or by an "hlo_op" argument as GPU kernels are). Busy time is the union of the
+  by `scopes`, or by an "hlo_op" argument as GPU kernels are), on the device's tracks where the
+  trace has any ("/device:GPU:0"), else the host's (a CPU run). Busy time is the union of the
   ops' intervals, so ops overlapping on several streams or threads are not counted twice."""
   per_op, spans = collections.Counter(), []
+  # On a GPU the host threads that launch the kernels carry the ops' names too: keep the device's.
+  device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+                 and (e.get("args") or {}).get("name", "").startswith("/device:")}
   for e in events:
-    if e.get("ph") != "X" or "dur" not in e:
+    if e.get("ph") != "X" or "dur" not in e or (device_pids and e.get("pid") not in device_pids):
       continue
     op = (e.get("args") or {}).get("hlo_op") or e.get("name", "")
     if op not in scopes:

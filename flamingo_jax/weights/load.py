@@ -190,7 +190,7 @@ def _seeded_init(model_cfg, seed: int, placement) -> dict:
     return jax.jit(init)(jax.random.PRNGKey(seed))
   mesh, rule_set = placement
   shardings = nn.unbox(rules.variable_shardings(shapes.abstract_variables(model_cfg), mesh, rule_set))
-  with mesh, nn.logical_axis_rules(rule_set):
+  with rules.activate(mesh, rule_set):
     return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
 
 

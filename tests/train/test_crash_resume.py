@@ -76,4 +76,7 @@ def test_sigkill_at_random_moments_resumes_with_the_same_losses(shards, tmp_path
   assert [v for s, v in _logged(killed_dir, "val/loss")] == [validated[s] for s, _ in _logged(killed_dir, "val/loss")]
   resumed = [int(out.split("Resumed from step ")[1].split()[0]) for out in outputs[1:] + [final.stdout]
              if "Resumed from step" in out]
-  assert len(set(resumed)) >= 2, resumed  # killed at different places
+  # The second and third starts and the final one each resume (a kill after step 7 leaves a
+  # checkpoint), never from behind an earlier resume; a kill during a checkpoint's write may leave
+  # two starts at the same step, so equal steps are allowed.
+  assert len(resumed) >= 2 and resumed == sorted(resumed), resumed
