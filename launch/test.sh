@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}" JAX_PLATFORMS=cpu  # (tests/conftest.py adds -O0)
-exec python3 -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+exec python3 -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile --durations=30 "$@"

@@ -28,7 +28,7 @@ from flamingo_jax import config_check, paths
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
-from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, step as step_lib
+from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, prefetch, step as step_lib
 from flamingo_jax.train import state as state_lib, validation as validation_lib
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
@@ -155,11 +155,17 @@ def next_batches(run: TrainRun) -> dict[str, dict[str, jax.Array]]:
   return out
 
 
+def positions_now(run: TrainRun) -> dict:
+  """Each data iterator's state: where it would read next."""
+  return {name: it.get_state() for name, it in run.iterators.items()}
+
+
 def run_steps(run: TrainRun) -> list[dict[str, float]]:
   """Steps until `train.num_steps`; returns the logged metrics. The final state is `run.state`.
 
   The host never waits for the device between steps: step N's metrics (its non-finite check and
-  its log line) are read after step N+1 is dispatched. A step whose state is saved is checked
+  its log line) are read after step N+1 is dispatched, and the next batches are read and put on
+  the device in a background thread (train/prefetch.py) while the step runs. A step whose state is saved is checked
   first, so nothing of a non-finite step is ever checkpointed.
   """
   cfg, data = run.cfg, run.cfg.data
@@ -169,10 +175,10 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total, start_step=step)
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
   watch = step_lib.RecompileWatch(run.step_fn)
-  with run.context():
+  with run.context(), prefetch.Prefetch(lambda: next_batches(run), lambda: positions_now(run)) as reader:
     while step < cfg.train.num_steps:
       waiting = time.perf_counter()
-      batches = next_batches(run)
+      batches = reader.next()
       waited = time.perf_counter() - waiting
       throughput.waited_for_input(waited)
       new_state, m = run.step_fn(run.state, run.frozen, batches)
@@ -187,7 +193,7 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
       if preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
         history += _finish_step(run, *pending, throughput, t0, force=True)  # checked before it is saved
         pending = None
-        run.ckpt.save(step, run.state, run.iterators, force=preempted)
+        run.ckpt.save(step, run.state, reader.positions(), force=preempted)
       if preempted:
         run.ckpt.wait()
         print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
