@@ -198,11 +198,13 @@ def masked_fill_min(scores: Array, allowed: Array) -> Array:
 
 
 def attention(q: Array, k: Array, v: Array, *, allowed: Array | None = None,
-              bias: Array | None = None, scale: float | None = None) -> Array:
+              bias: Array | None = None, scale: float | None = None,
+              silent: Array | None = None) -> Array:
   """Multi-head attention weights and output; softmax in fp32.
 
   Shapes: q (B, Q, H, d), k and v (B, K, H, d), allowed broadcastable to (B, H, Q, K),
-  bias broadcastable to (B, H, Q, K). Returns (B, Q, H, d).
+  bias broadcastable to (B, H, Q, K), silent (B, Q): query rows whose weights are zeroed after
+  the softmax (their output is 0, not renormalised). Returns (B, Q, H, d).
   """
   if scale is None:
     scale = q.shape[-1] ** -0.5
@@ -211,8 +213,10 @@ def attention(q: Array, k: Array, v: Array, *, allowed: Array | None = None,
     scores = scores + bias.astype(jnp.float32)
   if allowed is not None:
     scores = masked_fill_min(scores, allowed)
-  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  weights = jax.nn.softmax(scores, axis=-1)
+  if silent is not None:
+    weights = jnp.where(silent[:, None, :, None], 0.0, weights)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
 
 def remat(module_cls, policy: str, prevent_cse: bool = True):

@@ -80,14 +80,11 @@ class MaskedCrossAttention(nn.Module):
     k = media_kv["k"].reshape(b, num_media * num_latents, h, d)
     v = media_kv["v"].reshape(b, num_media * num_latents, h, d)
     q = self.to_q(self.norm(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * c.dim_head ** -0.5
-    scores = layers.masked_fill_min(
-        scores, allowed_media(text_time, num_media, num_latents, c.only_attend_immediate_media))
-    weights = jax.nn.softmax(scores, axis=-1)
-    if c.only_attend_immediate_media:
-      # Text before the first image gets no visual input at all (not renormalised).
-      weights = jnp.where((text_time == 0)[:, None, :, None], 0.0, weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+    # Text before the first image gets no visual input at all (silent: not renormalised).
+    out = layers.attention(q, k, v, allowed=allowed_media(text_time, num_media, num_latents,
+                                                          c.only_attend_immediate_media),
+                           scale=c.dim_head ** -0.5,
+                           silent=(text_time == 0) if c.only_attend_immediate_media else None)
     return self.to_out(out)
 
 
