@@ -189,7 +189,8 @@ class CountingIterator(grain.DatasetIterator):
   """A dataset's batch iterator whose state carries the dataset's skip counts, so that a
   checkpoint (and a rewind) restores the counts of the samples read up to its position.
 
-    state = it.get_state()   # {"iterator": <Grain's state>, "skipped": {"laion/empty text": 3, ...}}
+    state = it.get_state()   # {"iterator": <Grain's state>, "skipped": {"laion/empty text": 3, ...},
+                             #  "chunk": samples per chunk}
   """
 
   def __init__(self, inner: grain.DatasetIterator, name: str, counter: SkipCounter, chunk: int = 2,
@@ -203,26 +204,35 @@ class CountingIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict:
     skipped = {k: int(v) for k, v in self._counter.counts.items() if k.startswith(self._prefix)}
-    return {"iterator": self._inner.get_state(), "skipped": skipped}
+    return {"iterator": self._inner.get_state(), "skipped": skipped, "chunk": self._chunk}
 
   def set_state(self, state: dict) -> None:
     state = copy.deepcopy(state)  # Grain advances the state it is given in place
     if "iterator" not in state:  # a checkpoint from before the counts were saved
-      self._inner.set_state(self._chunked(state))
+      self._inner.set_state(self._chunked(state, self._chunk))
       return
-    self._inner.set_state(self._chunked(state["iterator"]))
+    # A position saved before the chunk size was saved is in this run's chunks (as it then was).
+    self._inner.set_state(self._chunked(state["iterator"], int(state.get("chunk", self._chunk))))
     for key in [k for k in self._counter.counts if k.startswith(self._prefix)]:
       del self._counter.counts[key]
     self._counter.counts.update(state["skipped"])
 
-  def _chunked(self, inner: dict) -> dict:
-    """Grain's state in today's layout for this pipeline's worker count: today's (chunks, read
-    in-process or by any number of workers, and the position in the current chunk) re-laid, or one
-    written before samples moved in chunks (n samples read -> chunk n // size, sample n % size)."""
+  def _chunked(self, inner: dict, saved_chunk: int) -> dict:
+    """Grain's state in today's layout for this pipeline's worker count and chunk size, from the
+    samples read (n -> chunk n // size, sample n % size): today's state (the chunks before the
+    current one, read in-process or by any number of workers, each of `saved_chunk` samples, and
+    the samples taken from the current one), or one written before samples moved in chunks.
+
+    Worked example: {"parent": {"next_index": 3}, "next_index_in_buffer": 2} of chunks of 4 read
+    into chunks of 6, in-process -> 14 samples -> {"parent": {"next_index": 2}, "next_index_in_buffer": 2}.
+    """
     if "parent" in inner:
-      return {"parent": chunk_position_state(elements_read(inner["parent"]), self._workers),
-              "next_index_in_buffer": inner["next_index_in_buffer"]}
-    n = elements_read(inner)
+      if "next_index_in_buffer" not in inner:
+        raise ValueError(f"{OLD_DATA_STATE}: it has no position in its current chunk "
+                         f"({sorted(inner)}); start a new workdir")
+      n = elements_read(inner["parent"]) * saved_chunk + int(inner["next_index_in_buffer"])
+    else:
+      n = elements_read(inner)
     return {"parent": chunk_position_state(n // self._chunk, self._workers),
             "next_index_in_buffer": n % self._chunk}
 

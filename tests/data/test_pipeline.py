@@ -79,6 +79,25 @@ def test_restored_iterator_continues_exactly(make_cfg, tok, workers):
     fresh["laion"].set_state({"iterator": {"position": 3}, "skipped": {}})
 
 
+def test_a_position_resumes_at_the_same_sample_after_the_batch_size_changes(make_cfg, tok):
+  # Batches of 2 (chunks of 2) read for 3 batches, then batches (and chunks) of 6.
+  small, large = make_cfg(), make_cfg()
+  large.mmc4.batch_size = 6
+  iters, _ = pipeline.make_train_iterators(small, tok)
+  for _ in range(3):
+    next(iters["mmc4"])
+  state = iters["mmc4"].get_state()
+  assert state["chunk"] == 2 and state["iterator"]["parent"] == {"next_index": 2}  # 3 batches of 2: 3 chunks
+  fresh, _ = pipeline.make_train_iterators(large, tok)
+  fresh["mmc4"].set_state(state)
+  straight, _ = pipeline.make_train_iterators(large, tok)
+  stream = [next(straight["mmc4"]) for _ in range(2)]  # samples 0-5, then 6-11
+  resumed = next(fresh["mmc4"])  # samples 6-11: after the 6 the small batches took
+  assert_same_batches([{"mmc4": stream[1]}], [{"mmc4": resumed}])
+  with pytest.raises(ValueError, match=pipeline.OLD_DATA_STATE):  # a chunk-level state without its place in the chunk
+    fresh["mmc4"].set_state({"iterator": {"parent": {"next_index": 2}}, "skipped": {}, "chunk": 2})
+
+
 def _samples_read(inner: dict, chunk: int) -> int:
   """Samples a pipeline of today had read, from its Grain state: chunks before the current one
   (in-process or by workers) and the position in the current one."""
