@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -120,7 +121,11 @@ def main():
                       help="few-shot prompts with this many demonstrations (33 images at 32 shots)")
   parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                       help="the reference's device; JAX runs on its default backend")
+  parser.add_argument("--json", default="", help="also write the figures here")
   args = parser.parse_args()
+  results = {"size": args.size, "family": args.family, "batch": args.batch, "shots": args.shots,
+             "new_tokens": args.new, "jax_backend": jax.default_backend(), "torch_device": args.device,
+             "jax": jax.__version__, "torch": torch.__version__, "beams": {}}
   dims = SIZES[args.size]
   if args.lm_layers:
     dims = dataclasses.replace(dims, lm_layers=args.lm_layers)
@@ -169,7 +174,12 @@ def main():
     first = _first_differences(out_ours, out_ref, ids.shape[1])
     same = "yes" if not first and out_ours.shape == out_ref.shape else (
         f"{len(out_ours) - len(first)}/{len(out_ours)} rows; others part at new token {[s for _, s in first]}")
-    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_ref:>20.1f} {t_ref / t_ours:>8.2f}x  {same}")
+    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_ref:>20.1f} {t_ref / t_ours:>8.2f}x  {same}", flush=True)
+    results["beams"][beams] = {"ours_tokens_per_s": tokens / t_ours, "reference_tokens_per_s": tokens / t_ref,
+                               "speedup": t_ref / t_ours, "same_tokens": same}
+    if args.json:
+      with open(args.json, "w") as out:
+        json.dump(results, out, indent=1)
     if first and beams == 1:
       _explain_divergence(logits, out_ref, mask, first)
 

@@ -14,10 +14,15 @@ OUT="${OUT:?set OUT to a folder for the results}"
 BUDGET_S="${BUDGET_S:-560}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+inherited="${PYTHONPATH:-}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${inherited:+:$inherited}"
 if [[ -n "${WHEELS:-}" ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHEELS"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$WHEELS"/*.whl; then
+    export PYTHONPATH="$PWD:/tmp/site${inherited:+:$inherited}"
+  else
+    echo "=== the wheels in $WHEELS did not install"
+  fi
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
@@ -68,10 +73,12 @@ measure of_3b 120 220 python3 benchmarks/mfu.py "${B3[@]}" --profile --trace_dir
   --json=/tmp/of_3b.json
 tar czf "$OUT/trace_of_3b.tgz" --exclude='*.xplane.pb' -C /tmp trace_of_3b 2>/dev/null
 measure of_9b 150 240 python3 benchmarks/mfu.py "${B9[@]}" --profile --reference --json=/tmp/of_9b.json
-measure generate_32shot 60 150 python3 benchmarks/generate_speed.py "${GEN[@]}"
+measure generate_32shot 60 150 python3 benchmarks/generate_speed.py "${GEN[@]}" --json=/tmp/generate_32shot.json
 measure of_3b_real13 50 120 python3 benchmarks/mfu.py "${B3[@]}" --real_images=1,3 --json=/tmp/of_3b_real13.json
 # What raises MFU: no rematerialisation (each layer's forward is not computed twice), then a middle way.
 measure of_3b_noremat 50 120 python3 benchmarks/mfu.py "${B3[@]}" --config.model.remat_policy=none --json=/tmp/of_3b_noremat.json
 measure of_3b_dots 50 120 python3 benchmarks/mfu.py "${B3[@]}" --config.model.remat_policy=dots_with_no_batch_dims_saveable \
   --json=/tmp/of_3b_dots.json
 echo "=== done at ${SECONDS}s"
+exec >&- 2>&-  # let tee write the log's last lines before the script ends
+wait; sleep 1

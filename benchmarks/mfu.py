@@ -187,9 +187,11 @@ def reference_seconds(cfg, batches, steps: int, warmup: int) -> list[float]:
 
 
 def write_json(f: dict) -> None:
+  """--json's file, replaced whole (a run killed while writing leaves the previous stage's)."""
   if _JSON.value:
-    with open(_JSON.value, "w") as out:
+    with open(_JSON.value + ".tmp", "w") as out:
       json.dump(f, out, indent=1)
+    os.replace(_JSON.value + ".tmp", _JSON.value)
 
 
 def profile_steps(compiled, state, frozen, device_batches) -> dict:

@@ -226,10 +226,13 @@ class CountingIterator(grain.DatasetIterator):
     Worked example: {"parent": {"next_index": 3}, "next_index_in_buffer": 2} of chunks of 4 read
     into chunks of 6, in-process -> 14 samples -> {"parent": {"next_index": 2}, "next_index_in_buffer": 2}.
     """
-    if "parent" in inner:
-      if "next_index_in_buffer" not in inner:
+    if "parent" in inner and "next_index_in_buffer" not in inner:
+      if set(inner) != {"parent", "index_for_rng"}:
         raise ValueError(f"{OLD_DATA_STATE}: it has no position in its current chunk "
                          f"({sorted(inner)}); start a new workdir")
+      # LAION's batch flips (a random_map after batching) wrap the sample-level state.
+      return {**inner, "parent": self._chunked(inner["parent"], saved_chunk)}
+    if "parent" in inner:
       n = elements_read(inner["parent"]) * saved_chunk + int(inner["next_index_in_buffer"])
     else:
       n = elements_read(inner)

@@ -85,6 +85,8 @@ class TrainRun:
   packing: dict  # {dataset: (groups, per_group) or None}: train/image_buffers.py
   validation: validation_lib.Validation | None  # None: no held-out shards
   validated: list[dict[str, float]] = dataclasses.field(default_factory=list)  # each validation's losses
+  # Skip counts up to the batches last taken (the reader thread's counter runs ahead of them).
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
@@ -175,11 +177,14 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total, start_step=step)
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
   watch = step_lib.RecompileWatch(run.step_fn)
+  if step >= cfg.train.num_steps:  # a finished run restarted: no reader (nor its workers)
+    return history
   with run.context(), prefetch.Prefetch(lambda: next_batches(run), lambda: positions_now(run)) as reader:
     while step < cfg.train.num_steps:
       waiting = time.perf_counter()
       batches = reader.next()
       waited = time.perf_counter() - waiting
+      run.skipped = {k: v for state in reader.states().values() for k, v in state["skipped"].items()}
       throughput.waited_for_input(waited)
       new_state, m = run.step_fn(run.state, run.frozen, batches)
       watch(step + 1, {"state": run.state, "frozen": run.frozen, "batches": batches})
@@ -229,7 +234,7 @@ def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, 
   """Writes one step's scalars and prints its progress line."""
   cfg = run.cfg
   logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
-            **{f"skipped/{k}": float(v) for k, v in run.skips.counts.items()}, **run.non_finite.scalars()}
+            **{f"skipped/{k}": float(v) for k, v in run.skipped.items()}, **run.non_finite.scalars()}
   logged.pop("finite", None)
   logged["step"] = step
   run.writer.write_scalars(step, logged)

@@ -2,7 +2,7 @@
 device runs the current step, so the training loop waits for input only when reading is slower
 than the step.
 
-  with Prefetch(lambda: next_batches(run), lambda: positions_now(run.iterators)) as batches:
+  with Prefetch(lambda: next_batches(run), lambda: positions_now(run)) as batches:
     for step in ...:
       b = batches.next()        # what the producer read; blocks only while it is behind
       ...
@@ -10,7 +10,10 @@ than the step.
 
 The batches come in the order the iterators give them: the same as reading them in the loop. The
 iterators run ahead of the loop by up to `depth` batches, so a checkpoint takes the positions the
-producer recorded with the batch last handed out, not the iterators' own.
+producer recorded with the batch last handed out, not the iterators' own (and anything read from
+the iterators' side while the reader runs, such as skip counts, comes from those states).
+The reader thread does not see the caller's `jax.set_mesh` or logical rules (both are per
+thread): `fetch` places batches with explicit shardings.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import threading
 from typing import Any, Callable
 
 
-STOP_WAIT_S = 60.0  # longest wait at the end for a read in flight (a daemon thread after that)
+STOP_WAIT_S = 10.0  # longest wait at the end for a read in flight (a daemon thread after that)
 
 
 class Position:
@@ -44,6 +47,8 @@ class Prefetch:
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._consumed: dict[str, Position] | None = None
+    self._consumed_states: dict[str, Any] | None = None
+    self._error: BaseException | None = None
     self._thread = threading.Thread(target=self._produce, name="flamingo_jax-prefetch", daemon=True)
 
   def __enter__(self) -> "Prefetch":
@@ -57,7 +62,7 @@ class Prefetch:
   def _produce(self) -> None:
     while not self._stop.is_set():
       try:
-        item = (self._fetch(), {name: Position(s) for name, s in self._positions().items()}), None
+        item = (self._fetch(), self._positions()), None
       except BaseException as e:  # pylint: disable=broad-except  (re-raised in the loop's thread)
         item = None, e
       while not self._stop.is_set():
@@ -70,12 +75,21 @@ class Prefetch:
         return
 
   def next(self) -> Any:
-    """The next batches, in order; re-raises the producer's exception in their place."""
-    got, error = self._queue.get()
-    if error is not None:
-      raise error
-    batches, self._consumed = got
+    """The next batches, in order; re-raises the producer's exception in their place (and on
+    every later call: the reader has stopped)."""
+    if self._error is None:
+      got, self._error = self._queue.get()
+    if self._error is not None:
+      raise self._error
+    batches, self._consumed_states = got
+    self._consumed = {name: Position(s) for name, s in self._consumed_states.items()}
     return batches
+
+  def states(self) -> dict[str, Any]:
+    """Each iterator's state (`get_state()`) just after the batches `next()` last returned."""
+    if self._consumed_states is None:
+      raise RuntimeError("no batch has been taken yet")
+    return self._consumed_states
 
   def positions(self) -> dict[str, Position]:
     """Each iterator's position just after the batches `next()` last returned."""

@@ -98,6 +98,26 @@ def test_a_position_resumes_at_the_same_sample_after_the_batch_size_changes(make
     fresh["mmc4"].set_state({"iterator": {"parent": {"next_index": 2}}, "skipped": {}, "chunk": 2})
 
 
+def test_flipped_laion_resumes_with_its_flips(make_cfg, tok):
+  # The default config flips LAION batches (a random_map after batching, whose state wraps the
+  # rest): a position resumes, flips included, also at another batch size.
+  cfg = make_cfg()
+  cfg.random_flip = True
+  iters, _ = pipeline.make_train_iterators(cfg, tok)
+  for _ in range(3):
+    next(iters["laion"])
+  state = iters["laion"].get_state()
+  assert set(state["iterator"]) == {"parent", "index_for_rng"}
+  expected = [next(iters["laion"]) for _ in range(4)]
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  fresh["laion"].set_state(state)
+  assert_same_batches([{"laion": b} for b in expected], [{"laion": next(fresh["laion"])} for _ in range(4)])
+  # The flips are part of it: the same samples with the flips' draws restarted differ.
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  fresh["laion"].set_state({**state, "iterator": {**state["iterator"], "index_for_rng": 0}})
+  assert any(not np.array_equal(b["images"], next(fresh["laion"])["images"]) for b in expected)
+
+
 def _samples_read(inner: dict, chunk: int) -> int:
   """Samples a pipeline of today had read, from its Grain state: chunks before the current one
   (in-process or by workers) and the position in the current one."""

@@ -224,7 +224,7 @@ def test_faulty_shards_every_good_sample_once_an_epoch_every_bad_one_counted(tmp
     manifest = manifests[name]
     key_of = {synthetic.tag(i): key for i, key in enumerate(manifest)}
     used = [key_of[re.search(rf"{word} ([a-z]+)", run.tokenizer.decode(row.tolist())).group(1)]
-            for ids in run.iterators[name].ids for row in ids]
+            for ids in run.iterators[name].ids[:cfg.train.num_steps] for row in ids]  # (read ahead: more)
     order, expected, skips = pipeline.training_order(name, cfg.data), [], collections.Counter()
     while len(expected) < len(used):  # the records the run read, in its order, good or bad
       key = order[len(expected) + sum(skips.values())]["__key__"]
