@@ -26,7 +26,6 @@ from jax.sharding import Mesh
 
 from flamingo_jax import config_check, paths
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
-from flamingo_jax.data.skips import SkipCounter
 from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, prefetch, step as step_lib
 from flamingo_jax.train import state as state_lib, validation as validation_lib
@@ -73,7 +72,6 @@ class TrainRun:
   rules: tuple
   tokenizer: Any
   iterators: dict[str, grain.DatasetIterator]
-  skips: SkipCounter
   frozen: Any
   state: TrainState
   start_step: int
@@ -104,8 +102,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   if jax.process_index() == 0:
     pipeline.ensure_synthetic_shards(cfg.data)
   multihost_utils.sync_global_devices("synthetic shards written")
-  iters, skips = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
-                                               process_count=jax.process_count())
+  iters, _ = pipeline.make_train_iterators(cfg.data, tok, process_index=jax.process_index(),
+                                          process_count=jax.process_count())
   validation = validation_lib.Validation.from_config(cfg, tok, mesh)
   variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
@@ -129,7 +127,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
       print(f"{name}: the vision tower runs on {p[0] * p[1]} images per batch (data.{name}.image_buffer; "
             f"{cfg.data[name].batch_size * batch_lib.image_slots(name, cfg.data)} slots)", flush=True)
   step_fn = step_lib.jit_train_step(cfg, mesh, shardings, non_finite, packing)
-  return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, skips, variables["frozen"], state,
+  return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
                   non_finite, packing, validation)
 

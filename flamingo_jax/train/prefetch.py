@@ -17,6 +17,7 @@ thread): `fetch` places batches with explicit shardings.
 """
 from __future__ import annotations
 
+import copy
 import json
 import queue
 import threading
@@ -27,14 +28,14 @@ STOP_WAIT_S = 10.0  # longest wait at the end for a read in flight (a daemon thr
 
 
 class Position:
-  """A data iterator's recorded position, for grain.checkpoint.CheckpointSave (which stores what
-  `get_state()` returns)."""
+  """A data iterator's recorded position (`state`, a snapshot: the iterator moves on), for
+  grain.checkpoint.CheckpointSave (which stores what `get_state()` returns)."""
 
   def __init__(self, state: Any):
-    self._state = json.dumps(state, indent=4).encode()
+    self.state = copy.deepcopy(state)
 
   def get_state(self) -> bytes:
-    return self._state
+    return json.dumps(self.state, indent=4).encode()
 
 
 class Prefetch:
@@ -47,7 +48,6 @@ class Prefetch:
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._consumed: dict[str, Position] | None = None
-    self._consumed_states: dict[str, Any] | None = None
     self._error: BaseException | None = None
     self._thread = threading.Thread(target=self._produce, name="flamingo_jax-prefetch", daemon=True)
 
@@ -62,7 +62,7 @@ class Prefetch:
   def _produce(self) -> None:
     while not self._stop.is_set():
       try:
-        item = (self._fetch(), self._positions()), None
+        item = (self._fetch(), {name: Position(s) for name, s in self._positions().items()}), None
       except BaseException as e:  # pylint: disable=broad-except  (re-raised in the loop's thread)
         item = None, e
       while not self._stop.is_set():
@@ -81,15 +81,12 @@ class Prefetch:
       got, self._error = self._queue.get()
     if self._error is not None:
       raise self._error
-    batches, self._consumed_states = got
-    self._consumed = {name: Position(s) for name, s in self._consumed_states.items()}
+    batches, self._consumed = got
     return batches
 
   def states(self) -> dict[str, Any]:
     """Each iterator's state (`get_state()`) just after the batches `next()` last returned."""
-    if self._consumed_states is None:
-      raise RuntimeError("no batch has been taken yet")
-    return self._consumed_states
+    return {name: p.state for name, p in self.positions().items()}
 
   def positions(self) -> dict[str, Position]:
     """Each iterator's position just after the batches `next()` last returned."""
