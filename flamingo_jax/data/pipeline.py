@@ -105,7 +105,7 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
                                             prefetch_buffer_size=max(cfg.read_threads, 2)))
   if cfg.workers > 0:
-    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.workers))
+    it = _OwnStates(it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.workers)))
   it = grain.experimental.FlatMapIterDataset(it, _Unpack(chunk))
   it = it.filter(functools.partial(counter.keep, name))  # in this process: one counter for all
   # A dataset whose samples are (nearly) all bad raises, naming the ratio, instead of spinning.
@@ -154,6 +154,30 @@ class _Unpack(grain.experimental.FlatMapTransform):
       else:
         out.append(slot)
     return out
+
+
+class _OwnStates(grain.IterDataset):
+  """Its parent, with states copied in and out of its iterator.
+
+  Why: after `set_state`, Grain's flat-map iterator keeps the very dict it handed its parent as
+  its own position until the restored chunk is used up; the worker-process iterator advances that
+  dict in place as it reads the chunk, so a position saved in between was one chunk ahead.
+  """
+
+  def __iter__(self):
+    return _OwnStatesIterator(iter(self._parent))
+
+
+class _OwnStatesIterator(grain.DatasetIterator):
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return copy.deepcopy(self._parent.get_state())
+
+  def set_state(self, state):
+    self._parent.set_state(copy.deepcopy(state))
 
 
 class _Checked:

@@ -56,6 +56,12 @@ def test_restored_iterator_continues_exactly(make_cfg, tok, workers):
   fresh, _ = pipeline.make_train_iterators(cfg, tok)
   for k, it in fresh.items():
     it.set_state(state[k])
+  # A position saved right after a restore, before the restored chunk is used up, is the same one.
+  saved_again = {k: it.get_state() for k, it in fresh.items()}
+  assert_same_batches(expected, pipeline.first_batches(fresh, 3))
+  fresh, _ = pipeline.make_train_iterators(cfg, tok)
+  for k, it in fresh.items():
+    it.set_state(saved_again[k])
   assert_same_batches(expected, pipeline.first_batches(fresh, 3))
   fresh, _ = pipeline.make_train_iterators(make_cfg(workers=2 - workers), tok)  # other workers
   for k, it in fresh.items():
