@@ -1,8 +1,11 @@
 """Input-pipeline throughput: flamingo_jax's Grain pipeline with 0, 1 and N worker processes, and
 open_flamingo's own WebDataset loaders (train/data.py) on the same synthetic shards, same
-tokenizer, same lengths. Prints preprocessed samples per second per dataset.
+tokenizer, same lengths. Prints preprocessed samples per second per dataset and the CPU time
+each sample cost (all processes: the loader's own and its workers), over `--rounds` alternating
+rounds: the median and the range of each figure, and the ratio to the reference at the same
+worker count paired round by round.
 
-  python benchmarks/data_throughput.py [--image-size 224] [--workers 2] [--batches 20]
+  python benchmarks/data_throughput.py [--image-size 224] [--workers 2] [--batches 60] [--rounds 3]
 
 The reference needs `pip install 'webdataset<0.2.90'` (newer ones end shards with a record its
 grouping code cannot read); it is skipped if that is missing. Its loader cannot
@@ -18,6 +21,9 @@ import tempfile
 import time
 import types
 
+import numpy as np
+import psutil
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import data as data_config  # noqa: E402
@@ -27,15 +33,32 @@ from oracle import reference_train_code  # noqa: E402
 TOKENIZER = os.path.join(os.path.dirname(tokenizer.__file__), "..", "assets", "tiny_tokenizer")
 
 
-def _rate(it, batch_size: int, batches: int) -> float:
-  next(it)  # worker start-up and first fill are not throughput
-  t0 = time.perf_counter()
+def _cpu_s() -> dict[int, float]:
+  """CPU seconds used so far by this process and each of its live children (the loaders' workers)."""
+  me = psutil.Process()
+  out = {}
+  for p in [me] + me.children(recursive=True):
+    try:
+      t = p.cpu_times()
+      out[p.pid] = t.user + t.system
+    except psutil.Error:  # a worker that ended meanwhile
+      pass
+  return out
+
+
+def _rate(it, batch_size: int, batches: int) -> tuple[float, float]:
+  """(samples/s, CPU ms per sample of every process) over `batches` batches, after the first
+  (start-up, first fill)."""
+  next(it)
+  t0, c0 = time.perf_counter(), _cpu_s()
   for _ in range(batches):
     next(it)
-  return batch_size * batches / (time.perf_counter() - t0)
+  wall, c1 = time.perf_counter() - t0, _cpu_s()
+  n = batch_size * batches
+  return n / wall, 1e3 * sum(c - c0.get(pid, 0.0) for pid, c in c1.items()) / n
 
 
-def ours(cfg, tok, name: str, workers: int, batches: int) -> float:
+def ours(cfg, tok, name: str, workers: int, batches: int) -> tuple[float, float]:
   cfg = cfg.copy_and_resolve_references()
   cfg.workers = workers
   it = iter(pipeline.make_dataset(name, cfg, tok, pipeline.SkipCounter()))
@@ -48,7 +71,7 @@ def _brace(paths: list[str]) -> str:
   return f"{head}{{00000..{len(paths) - 1:05d}}}{tail}"
 
 
-def reference(cfg, tok, paths, name: str, workers: int, batches: int) -> float:
+def reference(cfg, tok, paths, name: str, workers: int, batches: int) -> tuple[float, float]:
   from open_clip.transform import image_transform  # pylint: disable=g-import-not-at-top
   ref = reference_train_code.load().data
   logging.getLogger().setLevel(logging.ERROR)  # it logs every skipped sample as a warning
@@ -63,11 +86,17 @@ def reference(cfg, tok, paths, name: str, workers: int, batches: int) -> float:
   return _rate(iter(info.dataloader), cfg[name].batch_size, batches)
 
 
+def _summary(values: list[float], digits: int = 1) -> str:
+  """Median [lowest-highest]."""
+  return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--workers", type=int, default=2, help="N, the largest worker count timed")
-  p.add_argument("--batches", type=int, default=20)
+  p.add_argument("--batches", type=int, default=60)
+  p.add_argument("--rounds", type=int, default=3, help="alternating rounds of every loader and setting")
   p.add_argument("--samples-per-shard", type=int, default=128)
   a = p.parse_args()
   tok = tokenizer.load_tokenizer(TOKENIZER)
@@ -80,18 +109,30 @@ def main() -> None:
     cfg.update(random_flip=True)
     cfg.laion.update(shards=",".join(paths["laion"]), batch_size=16)
     cfg.mmc4.update(shards=",".join(paths["mmc4"]), batch_size=8)
-    print(f"{os.cpu_count()} CPUs, {a.image_size} px, {shards}x{a.samples_per_shard} samples per dataset")
-    print(f"{'dataset':8s} {'loader':16s} {'workers':>7s} {'samples/s':>10s}")
-    for name in pipeline.DATASETS:
-      for workers in sorted({0, 1, a.workers}):
-        print(f"{name:8s} {'flamingo_jax':16s} {workers:7d} {ours(cfg, tok, name, workers, a.batches):10.1f}",
-              flush=True)
-      for workers in sorted({1, a.workers}):
+    print(f"{os.cpu_count()} CPUs, {a.image_size} px, {shards}x{a.samples_per_shard} samples per dataset, "
+          f"{a.rounds} rounds of {a.batches} batches", flush=True)
+    runs = [(name, loader, w) for name in pipeline.DATASETS
+            for loader, counts in (("flamingo_jax", {0, 1, a.workers}), ("open_flamingo", {1, a.workers}))
+            for w in sorted(counts)]
+    got = {run: [] for run in runs}
+    for r in range(a.rounds):
+      for name, loader, w in runs:
         try:
-          rate = f"{reference(cfg, tok, paths, name, workers, a.batches):10.1f}"
+          got[name, loader, w].append(ours(cfg, tok, name, w, a.batches) if loader == "flamingo_jax"
+                                      else reference(cfg, tok, paths, name, w, a.batches))
         except ImportError as e:
-          rate = f"skipped ({e})"
-        print(f"{name:8s} {'open_flamingo':16s} {workers:7d} {rate:>10s}", flush=True)
+          print(f"{name} {loader} skipped ({e})")
+      print(f"round {r + 1}/{a.rounds} done", flush=True)
+    print(f"{'dataset':8s} {'loader':14s} {'workers':>7s} {'samples/s':>22s} {'CPU ms/sample':>20s} "
+          f"{'ratio to open_flamingo':>24s}")
+    for name, loader, w in runs:
+      vals = got[name, loader, w]
+      if not vals:
+        continue
+      ref = got.get((name, "open_flamingo", w)) or []
+      ratio = (_summary([o[0] / t[0] for o, t in zip(vals, ref)], 2) if loader == "flamingo_jax" and ref else "")
+      print(f"{name:8s} {loader:14s} {w:7d} {_summary([v[0] for v in vals]):>22s} "
+            f"{_summary([v[1] for v in vals], 2):>20s} {ratio:>24s}", flush=True)
 
 
 if __name__ == "__main__":

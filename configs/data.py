@@ -36,7 +36,9 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
     c.image_size = 64
     c.synthetic_dir = "runs/synthetic_shards"
     c.workers = 0
-    c.read_threads = 4
+    # One reader thread: a tiny batch takes ~12 ms of it, well inside a step, and on a 2-core
+    # laptop more threads only contend with the step for the cores (input wait ~6% -> ~4%).
+    c.read_threads = 1
     c.random_flip = False
     c.laion.update(shards="runs/synthetic_shards/laion-*.tar",
                    validation_shards="runs/synthetic_shards/held_out/laion-*.tar", batch_size=16, max_tokens=16)

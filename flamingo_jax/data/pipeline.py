@@ -146,10 +146,13 @@ class _Unpack(grain.experimental.FlatMapTransform):
     self.max_fan_out = chunk_size
 
   def flat_map(self, chunk: dict) -> list:
+    # Plain views of the worker's shared-memory arrays (each keeps its block alive): indexing
+    # Grain's SharedMemoryArray subclass runs Python hooks for every view made.
+    arrays = {k: v.view(np.ndarray) for k, v in chunk["arrays"].items()}
     out, kept = [], 0
     for slot in chunk["slots"]:
       if slot is None:
-        out.append({k: v[kept] for k, v in chunk["arrays"].items()})
+        out.append({k: v[kept] for k, v in arrays.items()})
         kept += 1
       else:
         out.append(slot)
