@@ -22,7 +22,7 @@ def decode(data: bytes) -> Image.Image:
   """Encoded bytes -> RGB PIL image (raises on undecodable data; PIL raises many types)."""
   img = Image.open(io.BytesIO(data))
   img.load()
-  return img.convert("RGB")
+  return img if img.mode == "RGB" else img.convert("RGB")  # convert() of RGB is a copy
 
 
 def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
@@ -38,14 +38,15 @@ def normalize(pixels):
 def clip_resize(img: Image.Image, size: int) -> np.ndarray:
   """PIL image -> uint8 (size, size, 3): CLIP's resize and center crop, before normalisation."""
   w, h = img.size
-  if w <= h:
-    new_w, new_h = size, int(size * h / w)
-  else:
-    new_w, new_h = int(size * w / h), size
-  img = img.resize((new_w, new_h), Image.BICUBIC)
-  left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-  img = img.crop((left, top, left + size, top + size)).convert("RGB")
-  return np.asarray(img, np.uint8)
+  if (w, h) != (size, size):  # at the size already, resize and crop would copy it twice
+    if w <= h:
+      new_w, new_h = size, int(size * h / w)
+    else:
+      new_w, new_h = int(size * w / h), size
+    img = img.resize((new_w, new_h), Image.BICUBIC)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+  return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), np.uint8)
 
 
 def hflip(images: np.ndarray) -> np.ndarray:

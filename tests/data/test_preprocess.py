@@ -142,7 +142,7 @@ def test_gpt_documents(tok):
 
 def test_clip_preprocess_matches_open_clip_transform():
   from open_clip.transform import image_transform  # pylint: disable=g-import-not-at-top
-  for shape in ((90, 130, 3), (130, 90, 3), (64, 64, 3)):
+  for shape in ((90, 130, 3), (130, 90, 3), (64, 64, 3), (64, 64), (90, 70)):  # 2-D: a grayscale image
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
     theirs = image_transform(64, is_train=False)(img).numpy().transpose(1, 2, 0)
     np.testing.assert_allclose(image_preprocess.clip_preprocess(img, 64), theirs, atol=1e-5)
