@@ -14,6 +14,7 @@ run without worker processes (persistent_workers), so it is timed for 1 and N wo
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -122,6 +123,7 @@ def main() -> None:
                                       else reference(cfg, tok, paths, name, w, a.batches))
         except ImportError as e:
           print(f"{name} {loader} skipped ({e})")
+        gc.collect()  # the loader's workers end here, not inside the next one's timing
       print(f"round {r + 1}/{a.rounds} done", flush=True)
     print(f"{'dataset':8s} {'loader':14s} {'workers':>7s} {'samples/s':>22s} {'CPU ms/sample':>20s} "
           f"{'ratio to open_flamingo':>24s}")

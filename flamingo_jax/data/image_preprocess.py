@@ -22,7 +22,7 @@ def decode(data: bytes) -> Image.Image:
   """Encoded bytes -> RGB PIL image (raises on undecodable data; PIL raises many types)."""
   img = Image.open(io.BytesIO(data))
   img.load()
-  return img if img.mode == "RGB" else img.convert("RGB")  # convert() of RGB is a copy
+  return _rgb(img)
 
 
 def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
@@ -46,7 +46,12 @@ def clip_resize(img: Image.Image, size: int) -> np.ndarray:
     img = img.resize((new_w, new_h), Image.BICUBIC)
     left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     img = img.crop((left, top, left + size, top + size))
-  return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), np.uint8)
+  return np.asarray(_rgb(img), np.uint8)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+  """The image in RGB mode; itself if it is already (PIL's convert() would copy it)."""
+  return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def hflip(images: np.ndarray) -> np.ndarray:

@@ -184,7 +184,7 @@ class _OwnStatesIterator(grain.DatasetIterator):
     return next(self._parent)
 
   def get_state(self):
-    return copy.deepcopy(self._parent.get_state())
+    return copy.deepcopy(self._parent.get_state())  # Grain 0.2.11 copies too; later ones may not
 
   def set_state(self, state):
     self._parent.set_state(copy.deepcopy(state))

@@ -178,7 +178,6 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   if step >= cfg.train.num_steps:  # a finished run restarted: no reader (nor its workers)
     return history
   with run.context(), prefetch.Prefetch(lambda: next_batches(run), lambda: positions_now(run)) as reader:
-    batches = None
     while step < cfg.train.num_steps:
       # The last step's batches are released before the next are taken: taking them wakes the
       # reader thread, which then holds the GIL while this thread would free them, and the

@@ -153,6 +153,17 @@ def test_clip_preprocess_matches_open_clip_transform():
     np.testing.assert_allclose(on_device, image_preprocess.clip_preprocess(img, 64), atol=1e-6, rtol=0)
 
 
+def test_hflip_mirrors_any_dtype_channels_and_layout():
+  rng = np.random.default_rng(0)
+  for dtype in (np.uint8, np.float32, np.int64):
+    for channels in (1, 3, 4):
+      x = (rng.random((2, 4, 6, channels)) * 200).astype(dtype)
+      for view in (x, x[:, ::2], np.swapaxes(x, 1, 2), x[..., ::-1, :], np.asfortranarray(x)):
+        got = image_preprocess.hflip(view)
+        np.testing.assert_array_equal(got, view[..., ::-1, :])
+        assert got.flags.c_contiguous and not np.shares_memory(got, view)
+
+
 def test_synthetic_shards_are_deterministic_and_well_formed(tmp_path, shards):
   again = synthetic.write_shards(str(tmp_path), laion_shards=2, mmc4_shards=2, samples_per_shard=24, seed=0)
   for path in again["laion"] + again["mmc4"]:
