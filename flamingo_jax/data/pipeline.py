@@ -52,17 +52,13 @@ class _Preprocess:
           media_id=ids["media"], eoc_id=ids["eoc"])
     else:
       raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}")
-    self._name = name
-
-  @property
-  def draws(self) -> bool:
-    """Whether a sample takes random draws (MMC4's flips and single-image drops; not LAION)."""
-    return self._name != "laion"
+    # Whether a sample takes random draws (MMC4's flips and single-image drops; not LAION).
+    self.draws = name != "laion"
 
   def __call__(self, record: dict, rng: np.random.Generator | None = None):
-    if self._name == "laion":
-      return self._fn(record, self._encoder)
-    return self._fn(record, self._encoder, rng)
+    if self.draws:
+      return self._fn(record, self._encoder, rng)
+    return self._fn(record, self._encoder)
 
 
 def open_source(paths: list[str]):
