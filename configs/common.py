@@ -123,8 +123,12 @@ def model_config(lm: ml_collections.ConfigDict, every_n_layers: int,
 
 
 def mesh_config(**overrides) -> ml_collections.ConfigDict:
-  """Mesh axis sizes; one of them may be -1 (all remaining devices)."""
-  c = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  """Mesh sizes (models/rules.py, docs/pods.md). Within a slice (devices over the chips' links):
+  data, fsdp, tensor. Across slices (a count of slices over the data-centre network; a GPU node
+  or a CPU host is a slice): dcn_data, dcn_fsdp, each multiplying its axis. One size of each
+  group may be -1: all that remains (devices per slice, slices)."""
+  from flamingo_jax.models import rules  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(dict(rules.MESH_DEFAULTS))
   c.update(overrides)
   return c
 

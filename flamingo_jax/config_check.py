@@ -3,11 +3,10 @@ workdir), every problem at once, each naming its field and what would be valid.
 
   problems(cfg)              # -> ["model.xattn.every_n_layers=5 > model.lm.num_layers=2: ...", ...]
   check(cfg)                 # raises cli.UsageError listing them (exit 2 in the CLIs)
-  check(cfg, devices=8, processes=1)   # also the mesh and the batch splits
+  check(cfg, devices=8, processes=1, slices=1)   # also the mesh and the batch splits
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -15,7 +14,7 @@ import ml_collections
 
 from flamingo_jax.cli import UsageError
 from flamingo_jax.data.batch import DATASETS
-from flamingo_jax.models import families
+from flamingo_jax.models import families, rules
 
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -84,16 +83,12 @@ def _training(cfg: ml_collections.ConfigDict) -> list[str]:
   return out
 
 
-def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int) -> list[str]:
-  sizes = {axis: int(cfg.mesh[axis]) for axis in ("data", "fsdp", "tensor")}
-  flat = ", ".join(f"mesh.{k}={v}" for k, v in sizes.items())
-  if list(sizes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
-    return [f"{flat}: each axis is a positive size, at most one -1 (the remaining devices)"]
-  known = math.prod(v for v in sizes.values() if v != -1)
-  if devices % known or (-1 not in sizes.values() and known != devices):
-    return [f"{flat} needs {known} devices{' or a multiple' if -1 in sizes.values() else ''}; "
-            f"this job has {devices}"]
-  sizes = {k: (devices // known if v == -1 else v) for k, v in sizes.items()}
+def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int, slices: int) -> list[str]:
+  try:
+    ici, dcn = rules.mesh_shapes(cfg.mesh, devices // slices, slices)
+  except rules.MeshError as e:
+    return [str(e)]
+  sizes = dict(zip(rules.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
   shards, out = sizes["data"] * sizes["fsdp"], []
   for name in DATASETS:
     b = cfg.data[name].batch_size
@@ -106,14 +101,15 @@ def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int) -> list[
 RULES: tuple[Callable[[ml_collections.ConfigDict], list[str]], ...] = (_model, _data, _training)
 
 
-def problems(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1) -> list[str]:
-  """Every problem of `cfg` (with `devices`: its mesh and batch splits too)."""
+def problems(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1,
+             slices: int = 1) -> list[str]:
+  """Every problem of `cfg` (with `devices`: its mesh, over `slices` slices, and batch splits too)."""
   out = [p for rule in RULES for p in rule(cfg)]
-  return out + (_mesh(cfg, devices, processes) if devices else [])
+  return out + (_mesh(cfg, devices, processes, slices) if devices else [])
 
 
-def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1) -> None:
+def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1) -> None:
   """Raises UsageError naming every problem of `cfg`."""
-  found = problems(cfg, devices, processes)
+  found = problems(cfg, devices, processes, slices)
   if found:
     raise UsageError(f"the config has {len(found)} problem{'s' if len(found) > 1 else ''}: " + "; ".join(found))

@@ -24,6 +24,7 @@ CASES = [  # (tool, arguments, exit code, what the error line names)
     ("train", [TINY, f"--workdir={OUT}", "--config.model.dtype=float17"], 2, "model.dtype='float17'"),
     ("train", [TINY, f"--workdir={OUT}", "--config.model.vision.patch_size=7"], 2, "model.vision.patch_size=7"),
     ("train", [TINY, f"--workdir={OUT}", "--config.mesh.fsdp=16"], 2, "needs 16 devices"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.mesh.dcn_data=2"], 2, "mesh.dcn_data=2, mesh.dcn_fsdp=1 needs 2 slices"),
     ("train", [TINY, f"--workdir={OUT}", "--config.optim.schedule=cosin"], 2, "optim.schedule='cosin'"),
     ("train", [TINY, f"--workdir={OUT}", "--config.data.laion.batch_size=0"], 2, "data.laion.batch_size=0"),
     ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=", "--config.data.laion.shards=/nowhere/laion-*.tar"],

@@ -49,9 +49,31 @@ def test_tpu_vm_plans_then_passes_arguments_through_the_remote_shell(tmp_path):
   env, log = _fakes(tmp_path)
   subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
   assert _calls(log, "flamingo_jax.plan") == [["-m", "flamingo_jax.plan", "--config=configs/of_3b.py:tpu",
-                                               "--topology=v5e:4x4", *USER_ARGS]]
+                                               "--topology=v5e:4x4", "--slices=1", *USER_ARGS]]
   assert _calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
                                 "--workdir=gs://bucket/of3b", *USER_ARGS]]
+  gcloud = (log / "gcloud.txt").read_text().splitlines()
+  assert [g.split(" --zone")[0] for g in gcloud] == ["compute tpus tpu-vm scp --recurse", "compute tpus tpu-vm ssh my-v5e"]
+  assert all("--worker=all" in g and "--node" not in g for g in gcloud)
+
+
+def test_tpu_vm_launches_every_host_of_several_slices(tmp_path):
+  """A queued resource of two slices: the plan is for two slices of the topology, and the copy
+  and the command reach every worker of every node, the arguments intact."""
+  env, log = _fakes(tmp_path)
+  del env["TPU"]
+  env.update(QR="my-qr", SLICES="2", TOPOLOGY="v5e:16x16")
+  subprocess.run(["bash", "launch/tpu_vm.sh", *USER_ARGS], cwd=REPO, env=env, check=True, timeout=60)
+  assert _calls(log, "flamingo_jax.plan") == [["-m", "flamingo_jax.plan", "--config=configs/of_3b.py:tpu",
+                                               "--topology=v5e:16x16", "--slices=2", *USER_ARGS]]
+  assert _calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
+                          "--workdir=gs://bucket/of3b", *USER_ARGS]]
+  scp, ssh = (log / "gcloud.txt").read_text().splitlines()
+  assert scp.startswith("compute tpus queued-resources scp --recurse --zone z --node=all --worker=all . my-qr:")
+  assert ssh.startswith("compute tpus queued-resources ssh my-qr --zone z --node=all --worker=all --command ")
+  missing = subprocess.run(["bash", "launch/tpu_vm.sh"], cwd=REPO, env={**env, "SLICES": ""},
+                           capture_output=True, text=True, timeout=60)
+  assert missing.returncode != 0 and "set SLICES" in missing.stderr
 
 
 def test_tpu_vm_does_not_launch_what_does_not_fit(tmp_path):

@@ -152,7 +152,7 @@ def test_cli_one_line_errors():
   mesh = _plan_cli("--topology=local", "--config.mesh.data=3")
   assert mesh.returncode == 2
   assert mesh.stderr.strip().splitlines()[-1] == (
-      "error: local (8 chips): Mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3 devices, have 8")
+      "error: local (8 chips): mesh.data=3, mesh.fsdp=1, mesh.tensor=1 needs 3 devices; this job has 8")
 
 
 @pytest.mark.slow

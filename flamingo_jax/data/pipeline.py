@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import glob
 import os
 
 import grain
@@ -335,11 +334,14 @@ def ensure_synthetic_shards(cfg: ml_collections.ConfigDict) -> None:
   if not cfg.get("synthetic_dir"):
     return
   from flamingo_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  for directory in (cfg.synthetic_dir, os.path.join(cfg.synthetic_dir, synthetic.HELD_OUT_DIR)):
-    if not glob.glob(os.path.join(directory, "*.tar")):
-      print(f"Writing synthetic shards to {cfg.synthetic_dir} ...", flush=True)
-      synthetic.write_shards(cfg.synthetic_dir, image_size=cfg.image_size, seed=cfg.seed)
-      return
+  # A marker written after the last shard: a run started while another writes them (tests run
+  # several at once) must not read a half-written set; it writes its own copy (the same bytes).
+  marker = os.path.join(cfg.synthetic_dir, ".complete")
+  if not os.path.exists(marker):
+    print(f"Writing synthetic shards to {cfg.synthetic_dir} ...", flush=True)
+    synthetic.write_shards(cfg.synthetic_dir, image_size=cfg.image_size, seed=cfg.seed)
+    with open(marker, "w"):
+      pass
 
 
 def first_batches(iters: dict, n: int = 1) -> list[dict[str, dict[str, np.ndarray]]]:

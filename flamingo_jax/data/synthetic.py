@@ -168,8 +168,9 @@ def write_shards(out: str, *, laion_shards: int = 4, mmc4_shards: int = 4, sampl
       for s in range(n):
         path = os.path.join(directory, f"{kind}-{s:05d}.tar")
         rng = np.random.default_rng([seed, s, kind == "mmc4", *([1] if held_out else [])])
-        write(path + ".tmp", rng, samples_per_shard, image_size, broken=s == 0 and not held_out)
-        os.replace(path + ".tmp", path)  # a shard is whole or absent
+        temporary = f"{path}.tmp{os.getpid()}"  # (another process may be writing the same shard)
+        write(temporary, rng, samples_per_shard, image_size, broken=s == 0 and not held_out)
+        os.replace(temporary, path)  # a shard is whole or absent
         written.append(path)
   return paths
 

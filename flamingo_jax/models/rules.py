@@ -7,6 +7,7 @@ maps it onto the mesh axes (data, fsdp, tensor).
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -27,21 +29,106 @@ COLLECTION_RULES = {
 }
 
 
-def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 (all remaining devices)."""
+# The mesh fields of the config and their defaults. The three logical axes are laid out twice:
+# within a slice over its fast links (ICI: `data`, `fsdp`, `tensor`, the devices of one slice) and
+# across slices over the data-centre network (DCN: `dcn_data`, `dcn_fsdp`, a count of slices).
+# A DCN split multiplies its axis (the mesh's `data` axis is dcn_data x data devices); tensor
+# parallelism never crosses slices. -1: all that remains (at most one ICI and one DCN size).
+MESH_DEFAULTS = {"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": -1, "dcn_fsdp": 1}
+DCN_AXES = ("dcn_data", "dcn_fsdp", None)  # the DCN size field of each of MESH_AXES
+
+
+class MeshError(ValueError):
+  """Mesh sizes that do not fit the job's devices and slices; the message names the fields."""
+
+
+def slices_of(devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
+  """The job's devices grouped into slices, in order: a TPU's `slice_index` (several slices over
+  DCN), else its process (a GPU node, a CPU host: what `process_is_granule` means to mesh_utils)."""
+  # (A single slice's TPU devices may not carry slice_index at all.)
+  key = (lambda d: getattr(d, "slice_index", 0)) if _tpu(devices) else (lambda d: d.process_index)
+  groups: dict[int, list[jax.Device]] = {}
+  for d in devices:
+    groups.setdefault(key(d), []).append(d)
+  return [groups[k] for k in sorted(groups)]
+
+
+def _tpu(devices: Sequence[jax.Device]) -> bool:
+  # Only a TPU's slice_index tells slices apart: other platforms' devices report 0 on every host.
+  return devices[0].platform == "tpu"
+
+
+def _resolve(fields: dict[str, int], total: int, unit: str, have: str) -> list[int]:
+  """Sizes whose product is `total`, one -1 filled in; MeshError naming `fields` otherwise."""
+  flat = ", ".join(f"mesh.{k}={v}" for k, v in fields.items())
+  sizes = list(fields.values())
+  if sizes.count(-1) > 1 or any(v == 0 or v < -1 for v in sizes):
+    raise MeshError(f"{flat}: each is a positive size, at most one -1 (all that remains)")
+  known = math.prod(v for v in sizes if v != -1)
+  if total % known or (-1 not in sizes and known != total):
+    raise MeshError(f"{flat} needs {known} {unit}{' or a multiple' if -1 in sizes else ''}; {have}")
+  return [total // known if v == -1 else v for v in sizes]
+
+
+def mesh_shapes(mesh_cfg: Mapping, devices_per_slice: int, slices: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(ICI shape, DCN shape) over MESH_AXES for a job of `slices` slices of `devices_per_slice`.
+
+  mesh_shapes({"data": 1, "fsdp": 16, "tensor": 1, "dcn_data": -1, "dcn_fsdp": 1}, 16, slices=2)
+    -> ((1, 16, 1), (2, 1, 1)): fsdp over each slice's 16 chips, data across the 2 slices;
+  the mesh is their product, (data=2, fsdp=16, tensor=1).
+  """
+  get = lambda k: int(mesh_cfg.get(k, MESH_DEFAULTS[k]))  # a run recorded before DCN fields
+  if slices == 1:
+    ici = _resolve({a: get(a) for a in MESH_AXES}, devices_per_slice, "devices", f"this job has {devices_per_slice}")
+  else:
+    ici = _resolve({a: get(a) for a in MESH_AXES}, devices_per_slice, "devices per slice",
+                   f"each of this job's {slices} slices has {devices_per_slice} (mesh.dcn_data and "
+                   "mesh.dcn_fsdp split an axis across slices)")
+  dcn = _resolve({k: get(k) for k in DCN_AXES if k}, slices, "slices", f"this job has {slices}")
+  return tuple(ici), (*dcn, 1)
+
+
+def make_mesh(mesh_cfg: Mapping, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The job's (data, fsdp, tensor) mesh, laid out on the hardware by jax.experimental.mesh_utils:
+  within a slice each axis follows the torus (TPU) or the device order (other platforms); with
+  several slices (`slices_of`) the DCN sizes split the axes across them, so an fsdp group stays
+  inside one slice unless `mesh.dcn_fsdp` says otherwise."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = [mesh_cfg[a] for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {dict(zip(MESH_AXES, sizes))}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"have {len(devices)}")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+  groups = slices_of(devices)
+  if len({len(g) for g in groups}) > 1:
+    raise MeshError(f"the job's slices have different device counts: {[len(g) for g in groups]}")
+  ici, dcn = mesh_shapes(mesh_cfg, len(groups[0]), len(groups))
+  if len(groups) == 1:
+    return Mesh(_ici_mesh(ici, devices), MESH_AXES)
+  granule_is_process = not _tpu(devices)
+  try:
+    array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule_is_process)
+  except NotImplementedError:  # the ICI shape splits a physical axis of the torus
+    array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule_is_process,
+                                                 allow_split_physical_axes=True)
+  return Mesh(array, MESH_AXES)
+
+
+def _ici_mesh(shape: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
+  try:
+    return mesh_utils.create_device_mesh(shape, devices)
+  except NotImplementedError:  # e.g. fsdp=8 x tensor=2 on a 4x4 torus: an axis is split in two
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+
+
+def describe(mesh: Mesh) -> str:
+  """The mesh for a person: 'data=2 (2 slices x 1) fsdp=16 tensor=1'."""
+  groups = slices_of(list(mesh.devices.flat))
+  if len(groups) == 1:
+    return " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+  # How many slices each axis crosses: the distinct slices along it from the first device.
+  index = {d: i for i, g in enumerate(groups) for d in g}
+  parts = []
+  for axis, n in mesh.shape.items():
+    along = np.moveaxis(mesh.devices, MESH_AXES.index(axis), 0).reshape(n, -1)[:, 0]
+    crossed = len({index[d] for d in along})
+    parts.append(f"{axis}={n}" + (f" ({crossed} slices x {n // crossed})" if crossed > 1 else ""))
+  return " ".join(parts) + f" over {len(groups)} slices"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ and reports per chip whether it fits, its FLOPs, a step-time lower bound and the
   python -m flamingo_jax.plan --config=configs/of_9b.py:tpu --topology=v5e:8x8
   python -m flamingo_jax.plan --config=configs/of_3b.py:gpu --topology=local --json
   python -m flamingo_jax.plan --config=configs/of_9b.py:tpu --topology=v5e:8x8 --search
+  python -m flamingo_jax.plan --config=configs/of_9b.py:tpu --topology=v5e:16x16 --slices=2 \
+      --config.mesh.fsdp=256                  # fsdp within each slice, data across the two
 
 `--config.…` overrides apply as in `train`. TPU topologies need the TPU compiler:
 `pip install "jax[tpu]==<installed jax>"`. Exit status 1 when the step does not fit.
@@ -33,6 +35,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally file.py:arg).",
                                           lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "'local' or a TPU topology, e.g. v5e:4x4, v5p:2x2x2.")
+_SLICES = flags.DEFINE_integer("slices", 1, "Slices of --topology joined over the data-centre network "
+                               "(multislice; the mesh's dcn_* sizes split the axes across them).")
 _JSON = flags.DEFINE_bool("json", False, "Print the plan (or the search's plans) as JSON.")
 _SEARCH = flags.DEFINE_bool("search", False, "Plan a grid of settings and rank what fits.")
 _BATCHES = flags.DEFINE_list("search_batch", ["1", "2", "4", "8"], "MMC4 rows per data x fsdp chip.")
@@ -59,8 +63,9 @@ def report(plan, title: str) -> list[str]:
   """The plan as lines for a person."""
   chip = plan.chip
   hbm = f", {plan.hbm_bytes / GIB:.1f} GiB each" if plan.hbm_bytes else ""
-  lines = [f"{title} on {plan.topology}: {plan.chips} x {chip.name if chip else 'device'}{hbm}; "
-           f"mesh {' '.join(f'{k}={v}' for k, v in plan.mesh.items())}"]
+  from flamingo_jax.plan import core  # pylint: disable=g-import-not-at-top
+  lines = [f"{title} on {core.target_name(plan.topology, plan.slices)}: {plan.chips} x "
+           f"{chip.name if chip else 'device'}{hbm}; mesh {plan.mesh_layout}"]
   lines.append("batch: " + "; ".join(f"{n} {b['rows']} rows x {b['tokens']} tokens, {b['encoded_images']} "
                                      f"of {b['rows'] * b['slots']} image slots encoded"
                                      for n, b in plan.batches.items()))
@@ -133,8 +138,6 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if _TOPOLOGY.value != "local":  # compile for the TPU here; never start a local accelerator
     jax.config.update("jax_platforms", "cpu")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's start-up
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no chip to share
   if _CACHE.value and _TOPOLOGY.value == "local":  # a TPU plan's entry could never be read back
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -142,7 +145,7 @@ def main(argv):
   cfg, title = _CONFIG.value, flags.FLAGS["config"].config_filename
   hbm = _HBM_GIB.value and _HBM_GIB.value * GIB
   try:
-    devices, chip = core.target_devices(_TOPOLOGY.value)
+    devices, chip = core.target_devices(_TOPOLOGY.value, _SLICES.value)
     if _SEARCH.value:
       grid = search.Grid(_integers("search_batch", _BATCHES.value), _REMAT.value,
                          _integers("search_tensor", _TENSOR.value),

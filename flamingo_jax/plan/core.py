@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from typing import Any, Sequence
@@ -32,9 +33,13 @@ class PlanError(ValueError):
   """A plan that cannot be made (bad topology, impossible mesh): one line for the user."""
 
 
-def target_devices(topology: str) -> tuple[list, chips_lib.Chip | None]:
-  """The devices of `topology` ('local', or a TPU topology such as 'v5e:4x4', 'v5p:2x2x2') and
-  their chip's facts. TPU devices are abstract: they compile, they do not run."""
+def target_devices(topology: str, slices: int = 1) -> tuple[list, chips_lib.Chip | None]:
+  """The devices of `topology` ('local', or a TPU topology such as 'v5e:4x4', 'v5p:2x2x2', of
+  which `slices` slices joined over DCN) and their chip's facts. TPU devices are abstract: they
+  compile, they do not run (each knows its `slice_index`)."""
+  if slices < 1 or (topology == "local" and slices != 1):
+    raise PlanError(f"--slices={slices}: a positive number of slices of a TPU topology "
+                    "(--topology=local plans this machine's devices as they are)")
   if topology == "local":
     devices = jax.devices()
     return devices, chips_lib.chip_of(devices[0].device_kind)
@@ -48,12 +53,21 @@ def target_devices(topology: str) -> tuple[list, chips_lib.Chip | None]:
     raise PlanError(f"--topology={topology}: the TPU compiler is not installed; "
                     f'pip install "jax[tpu]=={jax.__version__}" (no TPU needed)') from None
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Compiling only, no chip: several processes may hold the compiler at once (libtpu's lockfile
+  # would refuse the second), and no TPU worker list is needed (libtpu complains without one).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   try:
-    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=slices).devices
   except Exception as e:  # libtpu's own message names what is wrong with the shape
     raise PlanError(f"--topology={topology}: not a {generation} topology libtpu knows "
                     f"({str(e).splitlines()[0][:200]})") from None
   return list(devices), chips_lib.CHIPS[generation]
+
+
+def target_name(topology: str, slices: int) -> str:
+  """'v5e:4x4', or '2 x v5e:4x4' for two slices of it."""
+  return topology if slices == 1 else f"{slices} x {topology}"
 
 
 @dataclasses.dataclass
@@ -61,7 +75,7 @@ class Plan:
   """What one compiled step costs per chip. Bytes are per chip; FLOPs per step (all chips)."""
   topology: str
   chip: chips_lib.Chip | None
-  chips: int
+  chips: int  # in all slices
   mesh: dict[str, int]
   batches: dict[str, dict[str, int]]  # {dataset: rows, slots, encoded images, tokens}
   overrides: dict[str, Any]
@@ -84,6 +98,8 @@ class Plan:
   compile_s: float = 0.0  # this plan's trace + lower + compile (or cache read)
   cold_compile_s: float = 0.0  # the compile the numbers come from (this one, or the cached one's)
   cached: bool = False  # the compiler's numbers came from the plan cache (flamingo_jax/plan/cache.py)
+  slices: int = 1  # of `topology`, joined over DCN
+  mesh_layout: str = ""  # rules.describe: which axes cross slices
 
   @property
   def total_bytes(self) -> int:
@@ -142,16 +158,18 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
   a TPU topology's compile results are read from (and written to) the plan cache."""
   if devices is None:
     devices, chip = target_devices(topology)
+  slices = len(rules.slices_of(devices))
   try:
     mesh = rules.make_mesh(cfg.mesh, devices)
     _check_batches(cfg, mesh)
   except ValueError as e:
-    raise PlanError(f"{topology} ({len(devices)} chips): {e}") from None
+    raise PlanError(f"{target_name(topology, slices)} ({len(devices)} chips): {e}") from None
   step, args, packing = abstract_step(cfg, mesh)
   sizes = metrics.batch_sizes(cfg, packing)
   plan = Plan(topology, chip, len(devices), dict(mesh.shape),
               {n: dict(zip(("rows", "slots", "encoded_images", "tokens"), s)) for n, s in sizes.items()},
-              dict(overrides or {}), hbm_bytes=hbm_bytes or (chip and chip.hbm_bytes))
+              dict(overrides or {}), hbm_bytes=hbm_bytes or (chip and chip.hbm_bytes), slices=slices,
+              mesh_layout=rules.describe(mesh))
   counts = metrics.step_flops(cfg, packing)
   plan.model_flops = counts.total
   plan.model_flops_by_part = {part: counts.forward[part] + counts.backward[part] for part in flops_lib.PARTS}
@@ -160,7 +178,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
     traced = step.trace(*args)
     plan.executed_flops = metrics.jaxpr_matmul_flops(traced.jaxpr)
     lowered = traced.lower()
-    digest = plan_cache.key(lowered, topology) if cache_dir and topology != "local" else ""
+    digest = plan_cache.key(lowered, target_name(topology, slices)) if cache_dir and topology != "local" else ""
     analysis = plan_cache.read(cache_dir, digest) if digest else None
     plan.cached = analysis is not None
     if analysis is None:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from flamingo_jax import chips as chips_lib, overrides as overrides_lib
+from flamingo_jax.models import rules
 from flamingo_jax.plan.core import Plan, PlanError, make_plan
 
 
@@ -30,12 +31,13 @@ class Grid:
 
 
 def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, tensor: int, remat: str,
-                    scan: bool) -> dict[str, Any]:
-  """The `--config.…` overrides of one grid point (data=1: every other chip shards by fsdp)."""
+                    scan: bool, slices: int = 1) -> dict[str, Any]:
+  """The `--config.…` overrides of one grid point for `slices` slices of `chips` chips (data=1:
+  every other chip of a slice shards by fsdp; the slices split data, the mesh's default)."""
   shards = chips // tensor
   ratio = cfg.data.laion.batch_size / cfg.data.mmc4.batch_size
-  return {"data.mmc4.batch_size": per_chip * shards,
-          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards,
+  return {"data.mmc4.batch_size": per_chip * shards * slices,
+          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards * slices,
           "mesh.data": 1, "mesh.fsdp": shards, "mesh.tensor": tensor,
           "model.remat_policy": remat, "model.scan_layers": scan}
 
@@ -44,14 +46,15 @@ def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: c
            grid: Grid, hbm_bytes: float | None = None, log=print, cache_dir: str = "") -> list[Plan]:
   """Every plan made over `grid` (fitting or not), in the order made; progress lines to `log`;
   `cache_dir`: the plan cache (make_plan)."""
-  columns = [(t, r, s) for t, r, s in itertools.product(grid.tensor, grid.remat, grid.scan)
-             if len(devices) % t == 0]
+  slices = len(rules.slices_of(devices))
+  chips = len(devices) // slices  # per slice
+  columns = [(t, r, s) for t, r, s in itertools.product(grid.tensor, grid.remat, grid.scan) if chips % t == 0]
   if not columns:
-    raise PlanError(f"--search_tensor={','.join(map(str, grid.tensor))}: none divides {len(devices)} chips")
+    raise PlanError(f"--search_tensor={','.join(map(str, grid.tensor))}: none divides {chips} chips")
   plans, start, total = [], time.perf_counter(), len(columns) * len(grid.batches)
   for n, (tensor, remat, scan) in enumerate(columns):
     for per_chip in sorted(grid.batches):
-      overrides = point_overrides(cfg, len(devices), per_chip, tensor, remat, scan)
+      overrides = point_overrides(cfg, chips, per_chip, tensor, remat, scan, slices)
       plan = make_plan(overrides_lib.apply(cfg, overrides), topology, devices, chip, hbm_bytes, overrides,
                        cache_dir)
       plans.append(plan)

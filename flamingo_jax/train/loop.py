@@ -94,9 +94,12 @@ class TrainRun:
 def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   """Builds a run: mesh, tokenizer, data, variables, optimizer state (restored from `workdir`'s
   latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption."""
-  config_check.check(cfg, jax.device_count(), jax.process_count())  # before any work
+  slices = len(rules.slices_of(jax.devices()))
+  config_check.check(cfg, jax.device_count(), jax.process_count(), slices)  # before any work
   workdir = paths.resolve(workdir)
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
+  print(f"mesh {rules.describe(mesh)} ({jax.device_count()} {jax.devices()[0].platform} devices, "
+        f"{jax.process_count()} process{'es' if jax.process_count() > 1 else ''})", flush=True)
   tok = tok_lib.load_tokenizer(cfg.tokenizer_path)
   tok_lib.check_tokenizer(tok, cfg.model, cfg.tokenizer_path)
   if jax.process_index() == 0:

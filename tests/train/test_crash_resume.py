@@ -59,7 +59,7 @@ def test_sigkill_at_random_moments_resumes_with_the_same_losses(shards, tmp_path
   assert done.returncode == 0, done.stderr[-3000:]
   noisy = [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in NOISE)]
   assert not noisy, noisy
-  assert done.stdout.startswith("validation: 4 batches of") and f"step {STEPS}/{STEPS}  loss" in done.stdout, done.stdout[:2000]
+  assert done.stdout.startswith("mesh data=8 fsdp=1 tensor=1 (8 cpu devices, 1 process)\nvalidation: 4 batches of") and f"step {STEPS}/{STEPS}  loss" in done.stdout, done.stdout[:2000]
   expected, validated = dict(_logged(straight_dir, "loss")), dict(_logged(straight_dir, "val/loss"))
   assert sorted(expected) == list(range(1, STEPS + 1)) and sorted(validated) == [9, 18]
   rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 """Multi-host training: two JAX processes on this machine (2 CPU devices each, joined through
-jax.distributed on localhost, as GPU hosts are) run the README's training command together.
+jax.distributed on localhost, as GPU hosts are) run the README's training command together, each
+process a slice (as a GPU node is): fsdp over each one's devices, data across them (the DCN split).
 
 They agree on every logged loss, write one checkpoint with a data position per process, resume
 it exactly, and save together at the step JAX's preemption service picks when only one of them
@@ -47,6 +48,7 @@ def _launch(shards: str, workdir: str, num_steps: int, every_steps: int) -> list
          f"--config.data.laion.validation_shards={shards}/held_out/laion-*.tar",
          f"--config.data.mmc4.validation_shards={shards}/held_out/mmc4-*.tar",
          "--config.data.synthetic_dir=", f"--config.train.num_steps={num_steps}", "--config.train.log_every=1",
+         "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.dcn_data=2",
          f"--config.checkpoint.every_steps={every_steps}", "--config.checkpoint.keep=10"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   return procs
@@ -77,6 +79,8 @@ def straight_run(shards, tmp_path_factory):
 
 def test_two_processes_train_as_one_job(straight_run):
   workdir, outs = straight_run
+  for out in outs:
+    assert "mesh data=2 (2 slices x 1) fsdp=2 tensor=1 over 2 slices (4 cpu devices, 2 processes)" in out
   lines = [_step_lines(out) for out in outs]
   assert len(lines[0]) == 20 and lines[0] == lines[1]  # Every host sees the same global loss.
   validation = [[line for line in out.splitlines() if "validation loss (held-out)" in line] for out in outs]
