@@ -123,11 +123,14 @@ def test_plan_and_search_on_local_devices():
   the rest, with the overrides that launch the best."""
   cfg = overrides.apply(tiny.get_config(), {"model.lm.num_layers": 1, "model.vision.layers": 1,
                                              "model.perceiver.depth": 1})  # quick to compile
-  assert search.point_overrides(cfg, 8, 1, 2, "full", False) == {
+  assert search.point_overrides(cfg, 8, 1, search.Split(data=1, tensor=2), "full", False) == {
       "data.mmc4.batch_size": 4, "data.laion.batch_size": 8, "mesh.data": 1, "mesh.fsdp": 4,
-      "mesh.tensor": 2, "model.remat_policy": "full", "model.scan_layers": False}
+      "mesh.tensor": 2, "mesh.dcn_data": 1, "mesh.dcn_fsdp": 1, "model.remat_policy": "full", "model.scan_layers": False}
+  assert search.point_overrides(cfg, 8, 1, search.Split(data=2, tensor=1, dcn="fsdp"), "none", True, slices=2) == {
+      "data.mmc4.batch_size": 16, "data.laion.batch_size": 32, "mesh.data": 2, "mesh.fsdp": 4,
+      "mesh.tensor": 1, "mesh.dcn_data": 1, "mesh.dcn_fsdp": 2, "model.remat_policy": "none", "model.scan_layers": True}
   devices = jax.devices()[:1]  # (one device compiles fastest; the search is the same)
-  small = search.point_overrides(cfg, 1, 2, 1, "none", True)
+  small = search.point_overrides(cfg, 1, 2, search.Split(1, 1), "none", True)
   one = core.make_plan(overrides.apply(cfg, small), "local", devices, None)
   assert one.fits is None and one.total_bytes > 0 and one.step_time_s is None
   assert one.mesh == {"data": 1, "fsdp": 1, "tensor": 1} and one.batches["mmc4"]["rows"] == 2

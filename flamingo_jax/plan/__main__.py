@@ -18,14 +18,20 @@ What the numbers mean (per chip unless said):
   FLOPs       model: every matrix product of the model, forward and backward (models/flops.py),
               the numerator of MFU; executed: what the program runs, remat recomputation too.
               XLA's own count is shown, but it counts a scanned layer stack once.
-  step time   a lower bound: max(executed FLOPs / peak FLOP/s, bytes / HBM bandwidth), where
-              bytes is the larger of XLA's bytes accessed and arguments + outputs. Collectives
-              and imperfect overlap only add to it; real MFU is below the ceiling it implies.
+  communication  the bytes each chip sends per step in every collective of the partitioned
+              program (plan/comm.py), scanned layers counted per layer, over ICI (within a
+              slice) and DCN (across slices), by kind and by part of the model; its time at the
+              chip's link bandwidths (chips.py).
+  step time   a lower bound without communication: max(executed FLOPs / peak FLOP/s, bytes /
+              HBM bandwidth), where bytes is the larger of XLA's bytes accessed and arguments +
+              outputs; and an estimate, max(compute, memory, communication): collectives fully
+              overlapped with compute, as XLA's async collectives aim for (the sum, no overlap,
+              beside it). Not modelled: latency of small collectives, link contention, imperfect
+              overlap, host work; real MFU is below the estimate's.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
@@ -44,11 +50,13 @@ _REMAT = flags.DEFINE_list("search_remat", ["none", "dots_with_no_batch_dims_sav
                            "Remat policies to try.")
 _TENSOR = flags.DEFINE_list("search_tensor", ["1", "2", "4"], "Tensor-parallel sizes to try.")
 _SCAN = flags.DEFINE_list("search_scan", ["true", "false"], "scan_layers settings to try.")
+_DATA = flags.DEFINE_list("search_data", ["1", "2"], "Data-parallel sizes within a slice to try (fsdp takes the "
+                          "chips data and tensor leave).")
+_DCN = flags.DEFINE_list("search_dcn", ["data", "fsdp"], "With --slices: the axis the slices split, to try.")
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Memory per chip, GiB (default: the chip's).")
 _CACHE = flags.DEFINE_string("compilation_cache", "~/.cache/flamingo_jax/xla",
-                             "JAX's persistent compilation cache (--topology=local), or the plan cache "
-                             "under it (TPU topologies): a step planned before is not compiled again "
-                             "('' for none).")
+                             "Where the plan cache keeps what compiles told the planner (plan/cache.py): "
+                             "a step planned before is not compiled again ('' for none).")
 flags.mark_flags_as_required(["config", "topology"])
 
 GIB = 2 ** 30
@@ -75,15 +83,38 @@ def report(plan, title: str) -> list[str]:
   if plan.xla_flops_per_chip:
     lines.append(f"XLA per chip: {plan.xla_flops_per_chip:.3e} FLOPs, {plan.xla_bytes_per_chip:.3e} bytes "
                  "accessed (a scanned layer stack counted once)")
+  lines += _communication_lines(plan)
   if plan.step_time_s:
     bound = "compute" if plan.compute_s >= plan.memory_s else "memory"
-    lines.append(f"step time >= {plan.step_time_s * 1e3:.3g} ms ({bound}-bound: compute {plan.compute_s * 1e3:.3g} ms "
-                 f"at {chip.peak_flops / 1e12:.0f} TFLOP/s, memory {plan.memory_s * 1e3:.3g} ms at "
-                 f"{chip.hbm_bandwidth / 1e9:.0f} GB/s); samples/s <= {plan.to_json()['samples_per_s']:.4g}; "
-                 f"MFU ceiling {plan.mfu_ceiling:.1%}")
+    lines.append(f"step time >= {plan.step_time_s * 1e3:.3g} ms without communication ({bound}: compute "
+                 f"{plan.compute_s * 1e3:.3g} ms at {chip.peak_flops / 1e12:.0f} TFLOP/s, memory "
+                 f"{plan.memory_s * 1e3:.3g} ms at {chip.hbm_bandwidth / 1e9:.0f} GB/s); MFU ceiling {plan.mfu_ceiling:.1%}")
+  if plan.step_time_estimate_s:
+    lines.append(f"step time estimate {plan.step_time_estimate_s * 1e3:.3g} ms, bound by {plan.bound_by} (collectives "
+                 f"overlapping compute; {plan.serial_step_time_s * 1e3:.3g} ms if none overlaps): samples/s "
+                 f"{plan.to_json()['samples_per_s']:.4g}, MFU {plan.mfu_estimate:.1%}")
   lines.append(f"planned from the plan cache in {plan.compile_s:.1f} s (compiled in {plan.cold_compile_s:.1f} s "
                "when first planned)" if plan.cached else f"compiled in {plan.compile_s:.1f} s")
   return lines
+
+
+def _communication_lines(plan) -> list[str]:
+  sent = plan.communication
+  if not sent:
+    return []
+  kinds = ", ".join(f"{k} {size(v)}" for k, v in sorted(sent["by_kind"].items(), key=lambda kv: -kv[1]) if v)
+  parts = ", ".join(f"{k} {size(v)}" for k, v in sorted(sent["by_part"].items(), key=lambda kv: -kv[1]) if v)
+  line = (f"communication per chip per step: ICI {size(sent['ici_bytes_per_chip'])}, DCN "
+          f"{size(sent['dcn_bytes_per_chip'])} ({kinds}; by part: {parts})")
+  if sent.get("uncounted_loops"):
+    line += f" [{sent['uncounted_loops']} loops without a stated trip count counted once: a lower bound]"
+  chip = plan.chip
+  if plan.communication_s is not None:
+    dcn = f" + DCN {plan.dcn_s * 1e3:.3g} ms at {chip.dcn_bandwidth / 1e9:.3g} GB/s" if plan.dcn_s else ""
+    line += f"; {plan.communication_s * 1e3:.3g} ms: ICI {plan.ici_s * 1e3:.3g} ms at {chip.ici_bandwidth / 1e9:.0f} GB/s{dcn}"
+  elif chip is not None:
+    line += "; time unknown: this chip's link bandwidth is not in flamingo_jax/chips.py"
+  return [line]
 
 
 def _memory_lines(plan) -> list[str]:
@@ -111,16 +142,18 @@ def search_table(plans, title: str) -> list[str]:
   best = search.ranked(plans)
   if not best:
     return [f"{title}: nothing in the grid fits"]
-  head = f"{'#':>2} {'mmc4/laion':>10} {'mesh d,f,t':>10} {'remat':>32} {'scan':>5} {'GiB':>6} {'step ms':>8} {'samples/s':>9} {'MFU max':>7}"
+  head = (f"{'#':>2} {'mmc4/laion':>10} {'mesh d,f,t':>10} {'slices':>6} {'remat':>32} {'scan':>5} {'GiB':>6} "
+          f"{'est. ms':>8} {'bound by':>13} {'samples/s':>9} {'MFU est':>7}")
   lines = [f"{title}: {len(best)} of {len(plans)} planned settings fit, fastest first", head]
   for i, p in enumerate(best, 1):
     o, j = p.overrides, p.to_json()
-    step = f"{p.step_time_s * 1e3:8.1f}" if p.step_time_s else f"{'?':>8}"
+    step = f"{p.step_time_estimate_s * 1e3:8.1f}" if p.step_time_estimate_s else f"{'?':>8}"
     rate = f"{j['samples_per_s']:9.1f}" if j["samples_per_s"] else f"{'?':>9}"
-    mfu = f"{p.mfu_ceiling:7.1%}" if p.mfu_ceiling else f"{'?':>7}"
+    mfu = f"{p.mfu_estimate:7.1%}" if p.mfu_estimate else f"{'?':>7}"
+    across = "-" if p.slices == 1 else ("data" if o["mesh.dcn_data"] > 1 else "fsdp")
     lines.append(f"{i:>2} {o['data.mmc4.batch_size']:>4}/{o['data.laion.batch_size']:<5} "
-                 f"{o['mesh.data']:>3},{o['mesh.fsdp']},{o['mesh.tensor']:<3} {o['model.remat_policy']:>32} "
-                 f"{str(o['model.scan_layers']):>5} {p.total_bytes / GIB:6.2f} {step} {rate} {mfu}")
+                 f"{o['mesh.data']:>3},{o['mesh.fsdp']},{o['mesh.tensor']:<3} {across:>6} {o['model.remat_policy']:>32} "
+                 f"{str(o['model.scan_layers']):>5} {p.total_bytes / GIB:6.2f} {step} {p.bound_by or '?':>13} {rate} {mfu}")
   lines.append("launch the best with: " + " ".join(f"--config.{k}={v}" for k, v in best[0].overrides.items()))
   return lines
 
@@ -138,9 +171,6 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if _TOPOLOGY.value != "local":  # compile for the TPU here; never start a local accelerator
     jax.config.update("jax_platforms", "cpu")
-  if _CACHE.value and _TOPOLOGY.value == "local":  # a TPU plan's entry could never be read back
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from flamingo_jax.plan import core, search  # pylint: disable=g-import-not-at-top
   cfg, title = _CONFIG.value, flags.FLAGS["config"].config_filename
   hbm = _HBM_GIB.value and _HBM_GIB.value * GIB
@@ -149,7 +179,8 @@ def main(argv):
     if _SEARCH.value:
       grid = search.Grid(_integers("search_batch", _BATCHES.value), _REMAT.value,
                          _integers("search_tensor", _TENSOR.value),
-                         [s.lower() in ("1", "true", "yes") for s in _SCAN.value])
+                         [s.lower() in ("1", "true", "yes") for s in _SCAN.value],
+                         _integers("search_data", _DATA.value), _DCN.value)
       plans = search.search(cfg, _TOPOLOGY.value, devices, chip, grid, hbm,
                             log=lambda line: print(line, file=sys.stderr, flush=True), cache_dir=_CACHE.value)
       print(json.dumps([p.to_json() for p in plans], indent=1, default=str) if _JSON.value

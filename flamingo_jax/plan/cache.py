@@ -1,11 +1,12 @@
-"""What a TPU compile told the planner, kept on disk, so that planning the same step again (a
+"""What a compile told the planner, kept on disk, so that planning the same step again (a
 relaunch, `launch/tpu_vm.sh`, a search) takes seconds instead of minutes.
 
-JAX's persistent compilation cache writes ahead-of-time TPU compiles but cannot serve them on a
-machine without a TPU: the compile-only client cannot load an executable ("PjRtCompiler must be
-constructed with a Client to call DeserializeLoadedExecutable"). A plan needs only the compiled
-program's numbers, so those are what is kept: its memory analysis and cost analysis, or the
-compiler's out-of-memory message.
+JAX's persistent compilation cache cannot serve here: on a machine without a TPU the compile-only
+client cannot load a TPU executable ("PjRtCompiler must be constructed with a Client to call
+DeserializeLoadedExecutable"), and an executable it loads comes without the partitioned module
+the communication count reads. A plan needs only the compiled program's numbers, so those are
+what is kept: its memory analysis, cost analysis and communication, or the compiler's
+out-of-memory message. Local plans are keyed by their device count and kind.
 
   key = cache.key(lowered, topology)      # the lowered program, jax, libtpu, compiler flags
   analysis = cache.read(directory, key)   # None when absent (or unreadable: then compiled again)

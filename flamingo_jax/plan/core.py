@@ -22,7 +22,7 @@ import numpy as np
 from flamingo_jax import chips as chips_lib
 from flamingo_jax.data import batch as batch_lib
 from flamingo_jax.models import flops as flops_lib, rules
-from flamingo_jax.plan import cache as plan_cache
+from flamingo_jax.plan import cache as plan_cache, comm
 from flamingo_jax.train import image_buffers, metrics, optimizer, state as state_lib, step as step_lib
 from flamingo_jax.weights import load
 
@@ -100,6 +100,9 @@ class Plan:
   cached: bool = False  # the compiler's numbers came from the plan cache (flamingo_jax/plan/cache.py)
   slices: int = 1  # of `topology`, joined over DCN
   mesh_layout: str = ""  # rules.describe: which axes cross slices
+  communication: dict[str, Any] = dataclasses.field(default_factory=dict)  # comm.Communication.to_json
+  ici_s: float | None = None  # ICI bytes per chip / the chip's ICI bandwidth
+  dcn_s: float | None = None  # DCN bytes per chip / the chip's share of its host's DCN bandwidth
 
   @property
   def total_bytes(self) -> int:
@@ -115,6 +118,42 @@ class Plan:
     return max(self.compute_s, self.memory_s)
 
   @property
+  def communication_s(self) -> float | None:
+    """Time to send the step's collectives, ICI then DCN (no overlap between the two)."""
+    if self.ici_s is None or self.dcn_s is None:
+      return None
+    return self.ici_s + self.dcn_s
+
+  @property
+  def step_time_estimate_s(self) -> float | None:
+    """The step time if communication overlaps compute and memory traffic fully (XLA's async
+    collectives): the largest of the three. `serial_step_time_s` is the no-overlap bound."""
+    if self.compute_s is None or self.communication_s is None:
+      return None
+    return max(self.compute_s, self.memory_s, self.communication_s)
+
+  @property
+  def serial_step_time_s(self) -> float | None:
+    if self.step_time_estimate_s is None:
+      return None
+    return max(self.compute_s, self.memory_s) + self.communication_s
+
+  @property
+  def bound_by(self) -> str | None:
+    """Which term sets the estimate: 'compute', 'memory' or 'communication'."""
+    if self.step_time_estimate_s is None:
+      return None
+    terms = {"compute": self.compute_s, "memory": self.memory_s, "communication": self.communication_s}
+    return max(terms, key=terms.get)
+
+  @property
+  def mfu_estimate(self) -> float | None:
+    """The MFU a step of the estimated time would reach."""
+    if not self.step_time_estimate_s:
+      return None
+    return self.model_flops / self.step_time_estimate_s / (self.chips * self.chip.peak_flops)
+
+  @property
   def samples_per_step(self) -> int:
     return sum(b["rows"] for b in self.batches.values())
 
@@ -127,9 +166,13 @@ class Plan:
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
-    for name in ("total_bytes", "step_time_s", "samples_per_step", "mfu_ceiling"):
+    for name in ("total_bytes", "step_time_s", "samples_per_step", "mfu_ceiling", "communication_s",
+                 "step_time_estimate_s", "serial_step_time_s", "bound_by", "mfu_estimate"):
       out[name] = getattr(self, name)
-    out["samples_per_s"] = self.step_time_s and self.samples_per_step / self.step_time_s
+    out["samples_per_s_bound"] = self.step_time_s and self.samples_per_step / self.step_time_s
+    # The rate a search ranks by: at the estimated step time where known, else at the bound.
+    out["samples_per_s"] = (self.samples_per_step / self.step_time_estimate_s if self.step_time_estimate_s
+                            else out["samples_per_s_bound"])
     return out
 
 
@@ -178,11 +221,14 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
     traced = step.trace(*args)
     plan.executed_flops = metrics.jaxpr_matmul_flops(traced.jaxpr)
     lowered = traced.lower()
-    digest = plan_cache.key(lowered, target_name(topology, slices)) if cache_dir and topology != "local" else ""
+    target = target_name(topology, slices) if topology != "local" else f"local:{len(devices)} x {devices[0].device_kind}"
+    digest = plan_cache.key(lowered, target) if cache_dir else ""
     analysis = plan_cache.read(cache_dir, digest) if digest else None
+    if analysis is not None and "communication" not in analysis and not analysis.get("xla_error"):
+      analysis = None  # an entry from before communication was counted
     plan.cached = analysis is not None
     if analysis is None:
-      analysis = _compile(lowered)
+      analysis = _compile(lowered, comm.slice_of_partitions(mesh))
       analysis["compile_s"] = time.perf_counter() - start
       if digest:
         plan_cache.write(cache_dir, digest, analysis)
@@ -192,11 +238,15 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
   return plan
 
 
-def _compile(lowered) -> dict[str, Any]:
-  """The compiled program's numbers: per-chip memory and XLA's costs, or the compiler's
-  out-of-memory message (any other compile error is raised)."""
+def _compile(lowered, slice_of: list[int]) -> dict[str, Any]:
+  """The compiled program's numbers: per-chip memory, XLA's costs and the communication of its
+  partitioned module (plan/comm.py), or the compiler's out-of-memory message (any other compile
+  error is raised)."""
   try:
-    compiled = lowered.compile()
+    if len(slice_of) > 1:
+      compiled, partitioned = comm.partitioned_hlo(lowered)
+    else:  # one device: nothing to partition, nothing sent
+      compiled, partitioned = lowered.compile(), ""
   except Exception as e:  # pylint: disable=broad-except
     if not _out_of_memory(e):
       raise
@@ -207,7 +257,8 @@ def _compile(lowered) -> dict[str, Any]:
   return {"argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
           "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
           "code_bytes": mem.generated_code_size_in_bytes, "xla_flops_per_chip": float(cost.get("flops", 0.0)),
-          "xla_bytes_per_chip": float(cost.get("bytes accessed", 0.0))}
+          "xla_bytes_per_chip": float(cost.get("bytes accessed", 0.0)),
+          "communication": (comm.count(partitioned, slice_of) if partitioned else comm.Communication()).to_json()}
 
 
 def _check_batches(cfg: ml_collections.ConfigDict, mesh) -> None:
@@ -235,6 +286,10 @@ def _measure(plan: Plan, analysis: dict[str, Any], args, chip: chips_lib.Chip | 
     # body once) is a lower bound too.
     moved = max(plan.xla_bytes_per_chip, plan.argument_bytes + plan.output_bytes)
     plan.memory_s = moved / chip.hbm_bandwidth
+    sent = plan.communication
+    if chip.ici_bandwidth and (chip.dcn_bandwidth or not sent["dcn_bytes_per_chip"]):
+      plan.ici_s = sent["ici_bytes_per_chip"] / chip.ici_bandwidth
+      plan.dcn_s = sent["dcn_bytes_per_chip"] / chip.dcn_bandwidth if sent["dcn_bytes_per_chip"] else 0.0
 
 
 def largest_arguments(args, n: int = 8) -> list[tuple[str, int]]:

@@ -1,5 +1,6 @@
-"""`--search`: plans a grid of settings (per-chip batch, remat policy, fsdp vs tensor split, scan)
-and ranks what fits by its predicted samples/s.
+"""`--search`: plans a grid of settings (per-chip batch, remat policy, mesh split: data x fsdp x
+tensor within a slice and slices on data or fsdp, scan) and ranks what fits by its estimated
+samples/s (plan/core.Plan.step_time_estimate_s: communication counted).
 
 Memory grows with the batch, so for each (split, remat, scan) the batches are tried from the
 smallest up and the first that does not fit ends that column: a grid of B batches costs at most
@@ -22,24 +23,48 @@ from flamingo_jax.plan.core import Plan, PlanError, make_plan
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-  """The settings to try. `batches`: MMC4 rows per data x fsdp device (LAION's follow in the
-  config's LAION:MMC4 ratio); `tensor`: tensor-parallel sizes (fsdp takes the other chips)."""
+  """The settings to try. `batches`: MMC4 rows per data x fsdp chip (LAION's follow in the
+  config's LAION:MMC4 ratio); the mesh of a slice: `data` replicas x `tensor` splits, fsdp over
+  the rest; `dcn`: the axis the slices split ('data' or 'fsdp'; several slices only)."""
   batches: Sequence[int] = (1, 2, 4, 8)
   remat: Sequence[str] = ("none", "dots_with_no_batch_dims_saveable", "full")
   tensor: Sequence[int] = (1, 2, 4)
   scan: Sequence[bool] = (True, False)
+  data: Sequence[int] = (1,)
+  dcn: Sequence[str] = ("data",)
 
 
-def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, tensor: int, remat: str,
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One mesh of the grid: within a slice data x fsdp x tensor, and where the slices go."""
+  data: int
+  tensor: int
+  dcn: str = "data"
+
+
+def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, split: Split, remat: str,
                     scan: bool, slices: int = 1) -> dict[str, Any]:
-  """The `--config.…` overrides of one grid point for `slices` slices of `chips` chips (data=1:
-  every other chip of a slice shards by fsdp; the slices split data, the mesh's default)."""
-  shards = chips // tensor
+  """The `--config.…` overrides of one grid point for `slices` slices of `chips` chips."""
+  fsdp = chips // (split.tensor * split.data)
+  shards = split.data * fsdp * slices  # the chips that split the batch
   ratio = cfg.data.laion.batch_size / cfg.data.mmc4.batch_size
-  return {"data.mmc4.batch_size": per_chip * shards * slices,
-          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards * slices,
-          "mesh.data": 1, "mesh.fsdp": shards, "mesh.tensor": tensor,
+  return {"data.mmc4.batch_size": per_chip * shards,
+          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards,
+          "mesh.data": split.data, "mesh.fsdp": fsdp, "mesh.tensor": split.tensor,
+          "mesh.dcn_data": slices if split.dcn == "data" else 1, "mesh.dcn_fsdp": slices if split.dcn == "fsdp" else 1,
           "model.remat_policy": remat, "model.scan_layers": scan}
+
+
+def _columns(grid: Grid, chips: int, slices: int) -> list[tuple[Split, str, bool]]:
+  """(split, remat, scan) of every column whose mesh fits the slice's chips."""
+  if any(d not in ("data", "fsdp") for d in grid.dcn):
+    raise PlanError(f"--search_dcn={','.join(grid.dcn)}: each is 'data' or 'fsdp'")
+  splits = [Split(d, t, dcn) for t, d, dcn in itertools.product(grid.tensor, grid.data, grid.dcn if slices > 1 else ["data"])
+            if chips % (t * d) == 0]
+  if not splits:
+    raise PlanError(f"--search_tensor={','.join(map(str, grid.tensor))} x --search_data="
+                    f"{','.join(map(str, grid.data))}: none divides {chips} chips")
+  return list(itertools.product(dict.fromkeys(splits), grid.remat, grid.scan))
 
 
 def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: chips_lib.Chip | None,
@@ -48,20 +73,19 @@ def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: c
   `cache_dir`: the plan cache (make_plan)."""
   slices = len(rules.slices_of(devices))
   chips = len(devices) // slices  # per slice
-  columns = [(t, r, s) for t, r, s in itertools.product(grid.tensor, grid.remat, grid.scan) if chips % t == 0]
-  if not columns:
-    raise PlanError(f"--search_tensor={','.join(map(str, grid.tensor))}: none divides {chips} chips")
+  columns = _columns(grid, chips, slices)
   plans, start, total = [], time.perf_counter(), len(columns) * len(grid.batches)
-  for n, (tensor, remat, scan) in enumerate(columns):
+  for n, (split, remat, scan) in enumerate(columns):
     for per_chip in sorted(grid.batches):
-      overrides = point_overrides(cfg, chips, per_chip, tensor, remat, scan, slices)
+      overrides = point_overrides(cfg, chips, per_chip, split, remat, scan, slices)
       plan = make_plan(overrides_lib.apply(cfg, overrides), topology, devices, chip, hbm_bytes, overrides,
                        cache_dir)
       plans.append(plan)
       done = n * len(grid.batches) + sorted(grid.batches).index(per_chip) + 1
       elapsed = time.perf_counter() - start
-      log(f"[{done}/{total}] tensor={tensor} remat={remat} scan={scan} batch {per_chip}/chip: "
-          f"{describe_fit(plan)} (elapsed {elapsed / 60:.1f} min, ETA at most "
+      where = f" slices on {split.dcn}" if slices > 1 else ""
+      log(f"[{done}/{total}] data={split.data} tensor={split.tensor}{where} remat={remat} scan={scan} batch "
+          f"{per_chip}/chip: {describe_fit(plan)} (elapsed {elapsed / 60:.1f} min, ETA at most "
           f"{elapsed / done * (total - done) / 60:.1f} min)")
       if plan.fits is False:
         break  # larger batches need more memory still
@@ -69,7 +93,7 @@ def search(cfg: ml_collections.ConfigDict, topology: str, devices: list, chip: c
 
 
 def ranked(plans: list[Plan]) -> list[Plan]:
-  """The plans that fit, fastest predicted samples/s first (unknown speed last)."""
+  """The plans that fit, fastest estimated samples/s first (unknown speed last)."""
   fitting = [p for p in plans if p.fits is not False]
   return sorted(fitting, key=lambda p: -(p.to_json()["samples_per_s"] or 0.0))
 
