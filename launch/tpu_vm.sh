@@ -17,7 +17,9 @@ set -euo pipefail
 : "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 if [ -n "${QR:-}" ]; then
   : "${SLICES:?set SLICES to the number of slices (nodes) of the queued resource $QR}"
-  kind=queued-resources name=$QR hosts=(--node=all --worker=all) slices=$SLICES
+  # --batch-size=all: gcloud's default starts 64 hosts and waits for them before the next 64,
+  # but each trainer waits for all its peers: with more than 64 hosts nothing would ever finish.
+  kind=queued-resources name=$QR hosts=(--node=all --worker=all --batch-size=all) slices=$SLICES
 else
   : "${TPU:?set TPU to the TPU VM name (one slice), or QR and SLICES for a queued resource of several}"
   kind=tpu-vm name=$TPU hosts=(--worker=all) slices=1

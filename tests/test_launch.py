@@ -69,8 +69,10 @@ def test_tpu_vm_launches_every_host_of_several_slices(tmp_path):
   assert _calls(log) == [["-m", "flamingo_jax.train", "--config=configs/of_3b.py:tpu",
                           "--workdir=gs://bucket/of3b", *USER_ARGS]]
   scp, ssh = (log / "gcloud.txt").read_text().splitlines()
-  assert scp.startswith("compute tpus queued-resources scp --recurse --zone z --node=all --worker=all . my-qr:")
-  assert ssh.startswith("compute tpus queued-resources ssh my-qr --zone z --node=all --worker=all --command ")
+  assert scp.startswith("compute tpus queued-resources scp --recurse --zone z --node=all --worker=all "
+                        "--batch-size=all . my-qr:")
+  assert ssh.startswith("compute tpus queued-resources ssh my-qr --zone z --node=all --worker=all --batch-size=all "
+                        "--command ")
   missing = subprocess.run(["bash", "launch/tpu_vm.sh"], cwd=REPO, env={**env, "SLICES": ""},
                            capture_output=True, text=True, timeout=60)
   assert missing.returncode != 0 and "set SLICES" in missing.stderr

@@ -42,6 +42,11 @@ def test_two_slices_keep_fsdp_inside_a_slice_in_torus_order(two_v5e_slices):
   # it, as meshes were built before, sends fsdp hops across the slice.
   assert not _ring_of_neighbours(rules.slices_of(devices)[0])
 
+  # A host is a 2x2 block of v5e chips: tensor=2 stays on one host, tensor=4 spans two, which a
+  # multi-host run refuses (each host reads its own rows for its chips).
+  assert rules.hosts_per_batch_shard(rules.make_mesh({"data": 1, "fsdp": 8, "tensor": 2}, devices)) == 1
+  assert rules.hosts_per_batch_shard(rules.make_mesh({"data": 1, "fsdp": 4, "tensor": 4}, devices)) == 2
+
   split = rules.make_mesh({"data": 1, "fsdp": 8, "tensor": 2}, devices)
   assert all(_neighbours(*split.devices[d, f, :]) for d in range(2) for f in range(8))  # tensor pairs
 

@@ -98,8 +98,21 @@ def make_mesh(mesh_cfg: Mapping, devices: Sequence[jax.Device] | None = None) ->
   if len({len(g) for g in groups}) > 1:
     raise MeshError(f"the job's slices have different device counts: {[len(g) for g in groups]}")
   ici, dcn = mesh_shapes(mesh_cfg, len(groups[0]), len(groups))
-  if len(groups) == 1:
-    return Mesh(_ici_mesh(ici, devices), MESH_AXES)
+  mesh = Mesh(_ici_mesh(ici, devices), MESH_AXES) if len(groups) == 1 else _hybrid_mesh(ici, dcn, devices)
+  if jax.process_count() > 1 and (split := hosts_per_batch_shard(mesh)) > 1:
+    raise MeshError(f"mesh.tensor={mesh.shape['tensor']}: each group of chips that share batch rows spans {split} "
+                    "hosts on this hardware (each host reads its own rows); use a tensor size within a host's chips")
+  return mesh
+
+
+def hosts_per_batch_shard(mesh: Mesh) -> int:
+  """How many processes the devices of one (data, fsdp) position span at most: 1 unless the
+  torus lays a tensor group across hosts (v5e: a host is a 2x2 block, so tensor=4 crosses two)."""
+  by_shard = mesh.devices.reshape(-1, mesh.shape["tensor"])
+  return max(len({d.process_index for d in row}) for row in by_shard)
+
+
+def _hybrid_mesh(ici: Sequence[int], dcn: Sequence[int], devices: Sequence[jax.Device]) -> Mesh:
   granule_is_process = not _tpu(devices)
   try:
     array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule_is_process)
