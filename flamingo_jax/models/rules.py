@@ -35,7 +35,7 @@ COLLECTION_RULES = {
 # A DCN split multiplies its axis (the mesh's `data` axis is dcn_data x data devices); tensor
 # parallelism never crosses slices. -1: all that remains (at most one ICI and one DCN size).
 MESH_DEFAULTS = {"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": -1, "dcn_fsdp": 1}
-DCN_AXES = ("dcn_data", "dcn_fsdp", None)  # the DCN size field of each of MESH_AXES
+DCN_AXES = ("dcn_data", "dcn_fsdp")  # the DCN size fields of data and fsdp (tensor: always 1)
 
 
 class MeshError(ValueError):
@@ -84,7 +84,7 @@ def mesh_shapes(mesh_cfg: Mapping, devices_per_slice: int, slices: int = 1) -> t
     ici = _resolve({a: get(a) for a in MESH_AXES}, devices_per_slice, "devices per slice",
                    f"each of this job's {slices} slices has {devices_per_slice} (mesh.dcn_data and "
                    "mesh.dcn_fsdp split an axis across slices)")
-  dcn = _resolve({k: get(k) for k in DCN_AXES if k}, slices, "slices", f"this job has {slices}")
+  dcn = _resolve({k: get(k) for k in DCN_AXES}, slices, "slices", f"this job has {slices}")
   return tuple(ici), (*dcn, 1)
 
 
