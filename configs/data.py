@@ -40,9 +40,11 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
     # laptop more threads only contend with the step for the cores (input wait ~6% -> ~4%).
     c.read_threads = 1
     c.random_flip = False
-    c.laion.update(shards="runs/synthetic_shards/laion-*.tar",
-                   validation_shards="runs/synthetic_shards/held_out/laion-*.tar", batch_size=16, max_tokens=16)
-    c.mmc4.update(shards="runs/synthetic_shards/mmc4-*.tar",
-                  validation_shards="runs/synthetic_shards/held_out/mmc4-*.tar", batch_size=8, max_tokens=48,
-                  max_images=3)
+    # The globs follow the field (`--config.data.synthetic_dir=DIR` reads what it writes there)
+    # until a glob is set itself.
+    shards = lambda pattern: c.get_ref("synthetic_dir") + "/" + pattern
+    c.laion.update(batch_size=16, max_tokens=16)
+    c.laion.shards, c.laion.validation_shards = shards("laion-*.tar"), shards("held_out/laion-*.tar")
+    c.mmc4.update(batch_size=8, max_tokens=48, max_images=3)
+    c.mmc4.shards, c.mmc4.validation_shards = shards("mmc4-*.tar"), shards("held_out/mmc4-*.tar")
   return c

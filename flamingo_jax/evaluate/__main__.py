@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import configs
-from flamingo_jax import runtime
+from flamingo_jax import paths, runtime
 
 _EVAL_CONFIG = config_flags.DEFINE_config_file(
     "eval_config", os.path.join(os.path.dirname(configs.__file__), "eval_common.py"),
@@ -70,13 +70,12 @@ def main(argv):
     sys.exit(1)
   print(f"Evaluating {loaded.source}", flush=True)
   model = EvalModel.from_loaded(loaded, _EVAL_CONFIG.value)
-  _, paths = runner.run(model, _EVAL_CONFIG.value, _TASK.value, runner.parse_ints(",".join(_SHOTS.value)),
+  _, written = runner.run(model, _EVAL_CONFIG.value, _TASK.value, runner.parse_ints(",".join(_SHOTS.value)),
                         _OUT_DIR.value, model_name)
-  for kind, path in paths.items():
+  for kind, path in written.items():
     print(f"{kind}: {path}")
-  if "md" in paths:
-    with open(paths["md"]) as f:
-      print(f.read())
+  if "md" in written:
+    print(paths.read_text(written["md"]))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ JSON layout per task: [{"shots", "trials", "mean", "stddev"}].
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from typing import Any
 
+from flamingo_jax import paths
 from flamingo_jax.evaluate import prompts
 
 _PUBLISHED = os.path.join(os.path.dirname(__file__), "data", "published_results.json")
@@ -91,20 +93,19 @@ def plot(results: dict[str, list[dict]], model: str | None, demos: str, path: st
     ax.legend(fontsize=7)
   fig.suptitle(f"demonstrations: {demos}")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, format="png", dpi=120)
   plt.close(fig)
+  paths.write(path, image.getvalue())
   return True
 
 
 def write_report(out_dir: str, results: dict[str, list[dict]], meta: dict[str, Any],
                  model: str | None, demos: str) -> dict[str, str]:
   """Writes results.json, results.md and results.png into out_dir; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
-  with open(paths["json"], "w") as f:
-    json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
-  with open(paths["md"], "w") as f:
-    f.write(markdown_table(results, model, demos))
-  if not plot(results, model, demos, paths["png"]):
-    del paths["png"]
-  return paths
+  out = {k: paths.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
+  paths.write(out["json"], json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+  paths.write(out["md"], markdown_table(results, model, demos))
+  if not plot(results, model, demos, out["png"]):
+    del out["png"]
+  return out

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from flamingo_jax import paths
 from flamingo_jax.evaluate import clip_features, datasets, demonstrations, prompts
 from flamingo_jax.evaluate.metrics import cider, classification, vqa
 from flamingo_jax.evaluate.inference import EvalModel
@@ -161,10 +162,8 @@ def run_trial(model: EvalModel, task_name: str, data: datasets.TaskData, shots: 
 def _write_predictions(s: Settings, task_name: str, shots: int, seed: int, trial: Trial) -> None:
   if not s.out_dir or jax.process_index() != 0:
     return
-  os.makedirs(s.out_dir, exist_ok=True)
-  path = os.path.join(s.out_dir, f"{task_name}_{shots}shot_{s.demos}_seed{seed}_predictions.json")
-  with open(path, "w") as f:
-    json.dump(trial.predictions, f, indent=1, default=str)
+  paths.write(paths.join(s.out_dir, f"{task_name}_{shots}shot_{s.demos}_seed{seed}_predictions.json"),
+              json.dumps(trial.predictions, indent=1, default=str))
 
 
 def evaluate_task(model: EvalModel, task_name: str, data: datasets.TaskData, shots_list, seeds,
