@@ -30,12 +30,15 @@ EXPORT: a base checkpoint (and optionally a training run) -> an OpenFlamingo che
   python -m flamingo_jax.convert export --base=/ckpt/of3b-base --out=/ckpt/checkpoint.pt \\
       [--train_workdir=/runs/of3b] [--step=N]
   python -m flamingo_jax.convert export --train_workdir=runs/tiny --out=runs/tiny/checkpoint.pt
+  python -m flamingo_jax.convert export --train_workdir=runs/tiny --out=runs/tiny/checkpoint.safetensors
 
   --train_workdir takes the trainable weights of that run's latest step or --step (a sharded run
   restores onto this one host); without --base, the embedding tables come from what the run
   started from (its base checkpoint or seeded initialisation, recorded in the workdir). The file has exactly the keys of the released checkpoint.pt files
   (perceiver, gated blocks, LM embedding tables), in fp32; in PyTorch:
-  model.load_state_dict(torch.load(path), strict=False).
+  model.load_state_dict(torch.load(path), strict=False). A checkpoint.pt needs PyTorch here
+  (pip install -e '.[pytorch]'); --format=safetensors (or an --out ending in .safetensors) needs
+  none and holds the same state dict: safetensors.torch.load_file(path).
 
 Outputs are written under a temporary name and renamed: whole or absent. On bad input (missing or
 unexpected keys, shape mismatch, another variant, unreadable file) it prints one error naming the
@@ -44,7 +47,6 @@ keys or file and exits with status 1.
 from __future__ import annotations
 
 import os
-import sys
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
@@ -66,6 +68,10 @@ _WORKDIR = flags.DEFINE_string("train_workdir", None, "export: training workdir 
 _STEP = flags.DEFINE_integer("step", None, "export: the training step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Output: the base checkpoint directory (import, must not "
                            "exist) or the checkpoint.pt file (export).")
+_FORMAT = flags.DEFINE_enum("format", None, ["pt", "safetensors"],
+                            "export: pt (torch.save, needs PyTorch: pip install -e '.[pytorch]') or "
+                            "safetensors (needs no PyTorch; safetensors.torch.load_file reads it). "
+                            "Default: safetensors for a .safetensors --out, else pt.")
 _NEOX_HEAD = flags.DEFINE_enum("neox_head_name", "embed_out", ["embed_out", "lm_head"],
                                "export: GPT-NeoX output-table key: embed_out (released files, "
                                "transformers 4.x) or lm_head (transformers >= 5).")
@@ -77,26 +83,43 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in ("import", "export") or not _OUT.value:
     raise app.UsageError(USAGE)
   from flamingo_jax.weights import convert  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.weights.readers import UnreadableCheckpointError  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.weights.state_dict import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
-  try:
-    if argv[1] == "import":
-      _require(("config", _CONFIG.value), ("lm_dir", _LM_DIR.value), ("clip", _CLIP.value))
-      convert.import_checkpoint(_CONFIG.value, _OUT.value, lm_dir=_LM_DIR.value, clip_path=_CLIP.value,
-                                openflamingo_checkpoint=_OF.value, tokenizer_dir=_TOKENIZER.value,
-                                seed=_SEED.value)
-    else:
-      if _BASE.value is None and _WORKDIR.value is None:
-        raise app.UsageError(f"missing --base or --train_workdir; {USAGE}")
-      what = convert.export_checkpoint(_BASE.value or _WORKDIR.value, _OUT.value,
-                                       train_workdir=_WORKDIR.value if _BASE.value else None,
-                                       step=_STEP.value, neox_head_name=_NEOX_HEAD.value)
-      print(f"exported {what}")
-  except (CheckpointMismatchError, UnreadableCheckpointError, FileNotFoundError, FileExistsError,
-          ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if argv[1] == "import":
+    _require(("config", _CONFIG.value), ("lm_dir", _LM_DIR.value), ("clip", _CLIP.value))
+    convert.import_checkpoint(_CONFIG.value, _OUT.value, lm_dir=_LM_DIR.value, clip_path=_CLIP.value,
+                              openflamingo_checkpoint=_OF.value, tokenizer_dir=_TOKENIZER.value,
+                              seed=_SEED.value)
+  else:
+    if _BASE.value is None and _WORKDIR.value is None:
+      raise app.UsageError(f"missing --base or --train_workdir; {USAGE}")
+    fmt = convert.export_format(_OUT.value, _FORMAT.value)
+    _check_export_target(_OUT.value, fmt)
+    what = convert.export_checkpoint(_BASE.value or _WORKDIR.value, _OUT.value,
+                                     train_workdir=_WORKDIR.value if _BASE.value else None,
+                                     step=_STEP.value, neox_head_name=_NEOX_HEAD.value, fmt=fmt)
+    print(f"exported {what}")
   print(f"wrote {os.path.abspath(_OUT.value)}")
+
+
+def _check_export_target(out: str, fmt: str) -> None:
+  """Before any work: PyTorch for a checkpoint.pt, and a directory `out` can be written in."""
+  if fmt == "pt" and not _has_torch():
+    raise cli.UsageError("--format=pt (a checkpoint.pt) needs PyTorch: pip install -e '.[pytorch]'; "
+                         "or --format=safetensors, which needs none")
+  directory = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"--out={out}: no such directory {directory}")
+  if not os.access(directory, os.W_OK):
+    raise PermissionError(f"--out={out}: cannot write in {directory}")
+  if os.path.isdir(out):
+    raise IsADirectoryError(f"--out={out} is a directory; give a file name, e.g. {out}/checkpoint.pt")
+
+
+def _has_torch() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 def _require(*named):

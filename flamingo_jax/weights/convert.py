@@ -264,16 +264,29 @@ def export_state_dict(config: ml_collections.ConfigDict, variables: Any,
   return out
 
 
-def save_checkpoint_pt(config: ml_collections.ConfigDict, variables: Any, path: str,
-                       neox_head_name: str = "embed_out") -> None:
-  """Writes an OpenFlamingo checkpoint.pt atomically (a temp file renamed into place)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in
-        export_state_dict(config, variables, neox_head_name).items()}
+FORMATS = ("pt", "safetensors")  # checkpoint.pt (torch.save; needs PyTorch) | safetensors (needs none)
+
+
+def export_format(path: str, fmt: str | None = None) -> str:
+  """The export format: `fmt`, else "safetensors" for a .safetensors path, else "pt"."""
+  return fmt or ("safetensors" if str(path).endswith(".safetensors") else "pt")
+
+
+def save_checkpoint_file(config: ml_collections.ConfigDict, variables: Any, path: str,
+                       neox_head_name: str = "embed_out", fmt: str = "pt") -> None:
+  """Writes an OpenFlamingo checkpoint.pt (or, with fmt="safetensors", the same state dict as a
+  safetensors file: `safetensors.torch.load_file(path)` gives what `torch.load` gives) atomically
+  (a temp file renamed into place)."""
+  sd = {k: np.ascontiguousarray(v, np.float32) for k, v in export_state_dict(config, variables, neox_head_name).items()}
   path = os.path.abspath(path)
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
-    torch.save(sd, tmp)
+    if fmt == "safetensors":
+      from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+      st_numpy.save_file(sd, tmp, metadata={"format": "pt"})
+    else:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -321,10 +334,10 @@ def _export_select(collection: str, path: tuple[str, ...]) -> bool:
 
 
 def export_checkpoint(source: str, out: str, *, train_workdir: str | None = None, step: int | None = None,
-                      neox_head_name: str = "embed_out") -> str:
+                      neox_head_name: str = "embed_out", fmt: str | None = None) -> str:
   """A base checkpoint or training workdir `source` -> an OpenFlamingo checkpoint.pt at `out`.
 
-  A workdir gives its step `step` (default: the latest); `train_workdir` takes the trainable
+  `fmt`: "pt" or "safetensors" (default: from `out`'s suffix). A workdir gives its step `step` (default: the latest); `train_workdir` takes the trainable
   weights from that run instead (its step `step`), the rest from `source`. Reads only the
   trainable parts and the LM's embedding tables from a base checkpoint. Returns what was exported.
   """
@@ -336,5 +349,5 @@ def export_checkpoint(source: str, out: str, *, train_workdir: str | None = None
   if train_workdir:
     step, variables["params"] = train_checkpoint.restore_trainable(train_workdir, step)
     what = f"step {step} of {train_workdir} (frozen tables from {what})"
-  save_checkpoint_pt(config, variables, out, neox_head_name)
+  save_checkpoint_file(config, variables, out, neox_head_name, export_format(out, fmt))
   return what

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from configs import common
@@ -85,6 +86,9 @@ def test_released_files_to_orbax_to_checkpoint_pt(variant, tmp_path):
   target = ref.build_reference(family, 2, seed=1, **kw)  # other trainable weights
   base = {k: v for k, v in source.state_dict().items() if k not in released}
   target.load_state_dict(base, strict=False)  # LM and vision come from their own files in OpenFlamingo
+  # The safetensors export is what PyTorch users load without a pickle: the same state dict.
+  convert.export_checkpoint(str(tmp_path / "base"), str(tmp_path / "out.safetensors"), neox_head_name=neox_head)
+  exported = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
   result = target.load_state_dict(exported, strict=False)
   assert not result.unexpected_keys and not set(released) & set(result.missing_keys)
   vision, ids, mask = ref.sample_batch(np.random.default_rng(0))

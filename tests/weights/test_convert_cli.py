@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from configs import tiny
 from flamingo_jax.models import shapes
@@ -23,9 +23,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOKENIZER = os.path.join(REPO, "flamingo_jax", "assets", "tiny_tokenizer")
 
 
-def _run(*args):
+def _run(*args, without_torch=None):
+  """The CLI in a subprocess; `without_torch=DIR` hides PyTorch from it (as on a runtime-only install)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  if without_torch:
+    os.makedirs(without_torch, exist_ok=True)
+    with open(os.path.join(without_torch, "torch.py"), "w") as f:
+      f.write("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(without_torch), env.get("PYTHONPATH", "")])
   return subprocess.run([sys.executable, "-m", "flamingo_jax.convert", *args], cwd=REPO,
-                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        capture_output=True, text=True, env=env)
 
 
 def _write_inputs(tmp_path, cfg):
@@ -73,10 +80,28 @@ def test_import_then_export_then_errors(tmp_path):
   for key, value in released.items():
     np.testing.assert_array_equal(exported[key].numpy(), value, err_msg=key)
 
+  # Without PyTorch: safetensors holds the same state dict; a checkpoint.pt is refused before any
+  # work, saying what to install.
+  no_torch = tmp_path.parent / f"{tmp_path.name}-no-torch"
+  out = _run("export", f"--base={tmp_path / 'base'}", f"--out={tmp_path / 'checkpoint.safetensors'}",
+             without_torch=no_torch)
+  assert out.returncode == 0, out.stderr[-3000:]
+  exported = load_file(str(tmp_path / "checkpoint.safetensors"))
+  assert set(exported) == set(released)
+  for key, value in released.items():
+    np.testing.assert_array_equal(exported[key].numpy(), value, err_msg=key)
+  out = _run("export", f"--base={tmp_path / 'base'}", f"--out={tmp_path / 'x.pt'}", without_torch=no_torch)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: --format=pt (a checkpoint.pt) needs PyTorch: pip install -e '.[pytorch]'; "
+      "or --format=safetensors, which needs none"], out.stderr
+
   # Errors: one line naming the problem, exit status 1, nothing at the output path.
   out = _run("import", f"--config={REPO}/configs/tiny.py", *common[:1], f"--clip={tmp_path / 'of.pt'}",
              f"--out={tmp_path / 'base2'}")
   assert out.returncode == 1 and "error:" in out.stderr and "of.pt" in out.stderr, out.stderr[-3000:]
   out = _run("export", f"--base={tmp_path / 'nowhere'}", f"--out={tmp_path / 'x.pt'}")
   assert out.returncode == 1 and "nowhere" in out.stderr
-  assert sorted(os.listdir(tmp_path)) == ["base", "checkpoint.pt", "clip.pt", "lm", "of.pt"]
+  for target, said in ((tmp_path / "no" / "x.pt", "no such directory"), (tmp_path / "lm", "is a directory")):
+    out = _run("export", f"--base={tmp_path / 'base'}", f"--out={target}", "--format=safetensors")
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and said in out.stderr, out.stderr
+  assert sorted(os.listdir(tmp_path)) == ["base", "checkpoint.pt", "checkpoint.safetensors", "clip.pt", "lm", "of.pt"]
