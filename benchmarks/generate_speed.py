@@ -3,6 +3,7 @@ same small model (built in-process from random towers), the same prompts and set
 
   python benchmarks/generate_speed.py [--family mpt] [--new 32] [--batch 4] [--beams 1,3]
   python benchmarks/generate_speed.py --size of_3b --device cuda [--shots 32]
+  python benchmarks/generate_speed.py --size cpu224 --shots 32 --beams 1,3 --breakdown
 
 By default both run on this machine's CPU on a tiny model; `--size of_3b` builds OpenFlamingo-3B's
 shapes for an accelerator. fp32 on both sides, TF32 off. Compilation is excluded from our timing
@@ -24,12 +25,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flamingo_jax.generate import Sampler  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flamingo_jax.generate import Sampler, generate  # noqa: E402
 from flamingo_jax.weights import state_dict as sd_lib  # noqa: E402
 from oracle import reference_models as ref  # noqa: E402
 
 
-SIZES = {"tiny": ref.TINY, "of_3b": ref.OF_3B}
+SIZES = {"tiny": ref.TINY, "of_3b": ref.OF_3B, "cpu224": ref.CPU_224}
 
 
 def _time(fn, repeats):
@@ -87,6 +89,30 @@ def _first_differences(ours: np.ndarray, theirs: np.ndarray, prompt_len: int) ->
   return [(i, int(np.argmax(row)) - prompt_len) for i, row in enumerate(differs) if row.any()]
 
 
+def _greedy_breakdown(sampler, vision, ids, mask, new: int, repeats: int) -> dict[str, float]:
+  """Where a kept Sampler's greedy time goes, each piece timed on its own (mean ms): the vision
+  tower and resampler, the prefill given those latents, one extend step, one token choice, and
+  the host's round trip per token (the whole loop less its pieces)."""
+  from flamingo_jax.generate import search  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.generate.search import DecodeSettings  # pylint: disable=g-import-not-at-top
+  ready = lambda x: jax.tree_util.tree_map(lambda a: a.block_until_ready(), x)
+  max_len = ids.shape[1] + new
+  t_media, media = _time(lambda: ready(sampler.encode_images(vision)), repeats)
+  t_prefill, (logits, state) = _time(lambda: ready(sampler.prefill(None, ids, mask, max_len, media=media)), repeats)
+  token = np.asarray(logits.argmax(-1), np.int32)
+  t_extend, _ = _time(lambda: ready(sampler.extend(token, state)), repeats)
+  s = DecodeSettings(max_new_tokens=new, min_new_tokens=new, num_beams=1)
+  seq = jnp.zeros((ids.shape[0], max_len), jnp.int32)
+  finished = jnp.zeros((ids.shape[0],), bool)
+  t_choose, _ = _time(lambda: ready(search._choose(logits, seq, finished, jnp.int32(ids.shape[1]),  # pylint: disable=protected-access
+                                                   jax.random.PRNGKey(0), s=s, prompt_len=ids.shape[1])), repeats)
+  t_total, _ = _time(lambda: sampler.generate(vision, ids, mask, s, eos_token_ids=(), pad_token_id=0), repeats)
+  pieces = t_media + t_prefill + (new - 1) * t_extend + new * t_choose
+  return {"vision+resampler": t_media * 1e3, "prefill": t_prefill * 1e3, "extend per token": t_extend * 1e3,
+          "choice per token": t_choose * 1e3,
+          "host per token": max(0.0, t_total - pieces) / new * 1e3, "total": t_total * 1e3}
+
+
 def few_shot_batch(rng: np.random.Generator, batch: int, shots: int, dims, per_shot: int = 10):
   """Few-shot prompts as evaluation builds them: `shots` demonstrations (<image>, text,
   <|endofchunk|>) then the query (<image>, text); one left pad in the first row (an all-ones mask
@@ -122,6 +148,8 @@ def main():
   parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                       help="the reference's device; JAX runs on its default backend")
   parser.add_argument("--json", default="", help="also write the figures here")
+  parser.add_argument("--breakdown", action="store_true", help="where greedy time goes (vision, prefill, "
+                      "extend and choice per token, host per token)")
   args = parser.parse_args()
   results = {"size": args.size, "family": args.family, "batch": args.batch, "shots": args.shots,
              "new_tokens": args.new, "jax_backend": jax.default_backend(), "torch_device": args.device,
@@ -152,7 +180,8 @@ def main():
         f"torch {args.device}")
   logits = lambda i, m: _both_logits(cfg, variables, torch_model, vision, i, m, args.device)
   _print_logit_agreement(*logits(ids, mask), mask)
-  print(f"{'beams':>5} {'ours tok/s':>11} {'open_flamingo tok/s':>20} {'speed-up':>9}  same tokens")
+  print(f"{'beams':>5} {'ours tok/s':>11} {'generate() tok/s':>14} {'open_flamingo tok/s':>20} {'speed-up':>9} "
+        f"{'generate()':>9}  same tokens")
   sampler = Sampler(cfg, variables)  # compiles once per shape, reused by every timed call
   for beams in [int(b) for b in args.beams.split(",")]:
     settings = dict(max_new_tokens=args.new, min_new_tokens=args.new, num_beams=beams)
@@ -168,20 +197,34 @@ def main():
             attention_mask=torch.from_numpy(mask).to(args.device), pad_token_id=pad_id,
             **settings).cpu().numpy()
 
+    def one_shot():  # the convenience function: a new Sampler per call, compiled functions shared
+      return np.asarray(generate(cfg, variables, vision, ids, mask, pad_token_id=pad_id,
+                                 eos_token_ids=(dims.special_ids[0],), **settings))
+
     t_ours, out_ours = _time(ours, args.repeats)
+    t_one, _ = _time(one_shot, args.repeats)
     t_ref, out_ref = _time(theirs, args.repeats)
     tokens = args.batch * args.new
     first = _first_differences(out_ours, out_ref, ids.shape[1])
     same = "yes" if not first and out_ours.shape == out_ref.shape else (
         f"{len(out_ours) - len(first)}/{len(out_ours)} rows; others part at new token {[s for _, s in first]}")
-    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_ref:>20.1f} {t_ref / t_ours:>8.2f}x  {same}", flush=True)
-    results["beams"][beams] = {"ours_tokens_per_s": tokens / t_ours, "reference_tokens_per_s": tokens / t_ref,
-                               "speedup": t_ref / t_ours, "same_tokens": same}
+    print(f"{beams:>5} {tokens / t_ours:>11.1f} {tokens / t_one:>14.1f} {tokens / t_ref:>20.1f} "
+          f"{t_ref / t_ours:>8.2f}x {t_ref / t_one:>8.2f}x  {same}", flush=True)
+    results["beams"][beams] = {"ours_tokens_per_s": tokens / t_ours, "one_shot_tokens_per_s": tokens / t_one,
+                               "reference_tokens_per_s": tokens / t_ref, "speedup": t_ref / t_ours,
+                               "one_shot_speedup": t_ref / t_one, "same_tokens": same}
     if args.json:
       with open(args.json, "w") as out:
         json.dump(results, out, indent=1)
     if first and beams == 1:
       _explain_divergence(logits, out_ref, mask, first)
+  if args.breakdown:
+    parts = _greedy_breakdown(sampler, vision, ids, mask, args.new, args.repeats)
+    results["greedy_breakdown_ms"] = parts
+    print("greedy, kept Sampler (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()), flush=True)
+    if args.json:
+      with open(args.json, "w") as out:
+        json.dump(results, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ unreadable file, a checkpoint that does not match, bad data, a non-finite loss, 
 that our own code raised with its message). Anything else is a bug and shows its traceback, as
 does every error with `--verbose` (any absl tool) or FLAMINGO_JAX_TRACEBACK=1.
 
-Importing this module first quiets what a user cannot act on: TensorFlow's C++ start-up notices,
-transformers' "PyTorch was not found" advice (`--verbose` or FLAMINGO_JAX_VERBOSE=1 keeps them).
+Every tool is quiet by default: importing this module first quiets what a user cannot act on
+(TensorFlow's C++ start-up notices, transformers' "PyTorch was not found" advice), and `guard`
+keeps library logging (Orbax's and absl's INFO and WARNING lines) to errors and leaves the TPU
+runtime alone where there is no TPU (an installed libtpu would print its start-up complaints).
+Only our own lines remain; `--verbose` or FLAMINGO_JAX_VERBOSE=1 shows everything.
 """
 from __future__ import annotations
 
@@ -44,8 +47,9 @@ def _usage_errors() -> tuple[type, ...]:
   return UsageError, app.UsageError, overrides.OverrideError, PlanError, SweepError
 
 
-_RUNTIME_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
-                   FloatingPointError)  # (train's NonFiniteError is a FloatingPointError)
+# OSError: a missing, unreadable or unwritable file or directory (the message names it), an image
+# PIL cannot identify; FloatingPointError: train's NonFiniteError.
+_RUNTIME_ERRORS = (OSError, FloatingPointError)
 
 
 def _raised_by_us(error: BaseException) -> bool:
@@ -79,8 +83,56 @@ def one_line(error: BaseException) -> str:
   return "error: " + "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+class _OurRecordsOnly:
+  """A logging filter: below ERROR, only records logged by our own code (or a config file)."""
+
+  def filter(self, record) -> bool:
+    import logging  # pylint: disable=g-import-not-at-top
+    return record.levelno >= logging.ERROR or os.path.abspath(record.pathname).startswith(
+        (_PACKAGE + os.sep, _CONFIGS + os.sep))
+
+
+def quiet_libraries() -> None:
+  """Our own lines only (unless verbose): library log records below ERROR are dropped, and the
+  TPU runtime is not started where there is no TPU chip."""
+  if VERBOSE:
+    return
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_OurRecordsOnly())
+  if not any(isinstance(f, _OurRecordsOnly) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_OurRecordsOnly())
+  _skip_absent_tpu()
+
+
+def _skip_absent_tpu() -> None:
+  """With libtpu installed (the test extra brings it) but no TPU chip, JAX would still start the
+  TPU runtime, which prints a screenful of complaints and then is not used; JAX's own chip count
+  decides. (Compiling for TPU topologies, the planner's job, loads libtpu separately.)"""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return
+  from jax._src import hardware_utils, xla_bridge  # pylint: disable=g-import-not-at-top
+  chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  registered = xla_bridge._backend_factories  # pylint: disable=protected-access
+  if chips == 0 and "tpu" in registered and not xla_bridge.backends_are_initialized():
+    # The platform stays known (lowering rules are registered for it); its client is never made.
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    try:
+      registered["tpu"] = dataclasses.replace(registered["tpu"], factory=_no_tpu_chip, fail_quietly=True)
+    except TypeError:  # another JAX's registration record: its notices stay
+      pass
+
+
+def _no_tpu_chip():
+  raise RuntimeError("no TPU chip on this machine")
+
+
 def guard(main: Callable[..., int | None], *args) -> int:
-  """Runs `main(*args)`; a known problem becomes one line on stderr and its exit code."""
+  """Runs `main(*args)` (quietly, see `quiet_libraries`); a known problem becomes one line on
+  stderr and its exit code."""
+  quiet_libraries()
   try:
     return main(*args) or 0
   except Exception as e:  # pylint: disable=broad-except
@@ -88,8 +140,16 @@ def guard(main: Callable[..., int | None], *args) -> int:
     if code is None or VERBOSE or os.environ.get("FLAMINGO_JAX_TRACEBACK", "") not in ("", "0"):
       traceback.print_exc()
       return code or 1
+    _end_progress_bars()
     print(one_line(e), file=sys.stderr, flush=True)
     return code
+
+
+def _end_progress_bars() -> None:
+  """Closes live tqdm bars, so that an error line starts a line of its own."""
+  tqdm = sys.modules.get("tqdm")
+  for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+    bar.close()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -100,6 +160,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     _usage_exit(str(e))
+  except (SyntaxError, NameError, ImportError) as e:  # a config file that does not load
+    _usage_exit(_config_file_message(e, argv))
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # a --config.… override
     _usage_exit(_override_message(e, argv))
   for name in list(flags.FLAGS):
@@ -110,6 +172,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
       except OSError as e:  # the message's last line is the cause
         _usage_exit(f"--{name}={flag.config_filename}: {str(e).strip().splitlines()[-1].strip()}")
   return rest
+
+
+def _config_file_message(error: BaseException, argv: list[str]) -> str:
+  """'--config=x.py: SyntaxError: invalid syntax (x.py, line 3)' for a config file that fails."""
+  given = [a for a in argv[1:] if a.startswith("--") and a.partition("=")[2].split(":")[0].endswith((".py", ".json"))]
+  flag = given[0].split(":")[0] if given else "a config file"
+  hint = "; a .json file is a run's record, not a config file: give the .py it was made from" if flag.endswith(".json") else ""
+  return f"{flag}: {type(error).__name__}: {error}{hint}"
 
 
 def _usage_exit(message: str) -> None:

@@ -7,6 +7,7 @@ workdir), every problem at once, each naming its field and what would be valid.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -14,7 +15,7 @@ import ml_collections
 
 from flamingo_jax.cli import UsageError
 from flamingo_jax.data.batch import DATASETS
-from flamingo_jax.models import families, rules
+from flamingo_jax.models import families, rules, shapes
 
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -65,30 +66,56 @@ def _data(cfg: ml_collections.ConfigDict) -> list[str]:
   return out
 
 
-def _training(cfg: ml_collections.ConfigDict) -> list[str]:
+def _at_least(cfg: ml_collections.ConfigDict, fields: dict[str, float]) -> list[str]:
+  """'<field>=<value>: must be at least <minimum>' for each numeric field below its minimum
+  (NaN included)."""
   out = []
+  for path, minimum in fields.items():
+    value = cfg
+    for key in path.split("."):
+      value = value[key]
+    if not value >= minimum or not math.isfinite(value):
+      out.append(f"{path}={value}: must be {'a positive number' if minimum == POSITIVE else f'at least {minimum}'}")
+  return out
+
+
+POSITIVE = math.ulp(0.0)  # the least positive float: "> 0"
+# Fields that have a least valid value (counts, intervals, lengths, rates).
+MINIMA = {
+    "optim.learning_rate": POSITIVE, "optim.warmup_steps": 0, "optim.weight_decay": 0,
+    "optim.grad_clip_norm": 0, "optim.eps": 0, "optim.total_steps": 0,
+    "optim.loss_multiplier_mmc4": 0, "optim.loss_multiplier_laion": 0,
+    "train.num_steps": 1, "train.log_every": 1, "train.check_finite_every": 0,
+    "train.max_skipped_in_a_row": 0, "train.validate_every": 0, "train.final_captions": 0,
+    "checkpoint.every_steps": 1, "checkpoint.keep": 1, "data.workers": 0, "data.read_threads": 1,
+    # a LAION row needs <image>, a token of text and <|endofchunk|>; an MMC4 document as much
+    "data.laion.max_tokens": 3, "data.mmc4.max_tokens": 3, "data.mmc4.max_images": 1,
+}
+
+
+def _training(cfg: ml_collections.ConfigDict) -> list[str]:
+  out = _at_least(cfg, MINIMA)
   if cfg.optim.schedule not in SCHEDULES:
     out.append(f"optim.schedule={cfg.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}")
   if cfg.train.non_finite not in NON_FINITE:
     out.append(f"train.non_finite={cfg.train.non_finite!r}: expected one of {', '.join(NON_FINITE)}")
-  if cfg.train.num_steps < 1:
-    out.append(f"train.num_steps={cfg.train.num_steps}: must be at least 1")
-  if cfg.checkpoint.every_steps < 1:
-    out.append(f"checkpoint.every_steps={cfg.checkpoint.every_steps}: must be at least 1")
-  if cfg.train.validate_every < 0:
-    out.append(f"train.validate_every={cfg.train.validate_every}: must be 0 (never) or a number of steps")
   if cfg.train.validation_batches < 1 and any(cfg.data[n].validation_shards for n in DATASETS):
     out.append(f"train.validation_batches={cfg.train.validation_batches}: must be at least 1 "
                "(or leave data.<name>.validation_shards empty)")
   return out
 
 
+def _mesh_sizes(cfg: ml_collections.ConfigDict, devices: int, slices: int) -> dict[str, int]:
+  """{axis: size} of the whole mesh (within a slice times across slices)."""
+  ici, dcn = rules.mesh_shapes(cfg.mesh, devices // slices, slices)
+  return dict(zip(rules.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
+
+
 def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int, slices: int) -> list[str]:
   try:
-    ici, dcn = rules.mesh_shapes(cfg.mesh, devices // slices, slices)
+    sizes = _mesh_sizes(cfg, devices, slices)
   except rules.MeshError as e:
     return [str(e)]
-  sizes = dict(zip(rules.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
   shards, out = sizes["data"] * sizes["fsdp"], []
   for name in DATASETS:
     b = cfg.data[name].batch_size
@@ -105,7 +132,11 @@ def problems(cfg: ml_collections.ConfigDict, devices: int | None = None, process
              slices: int = 1) -> list[str]:
   """Every problem of `cfg` (with `devices`: its mesh, over `slices` slices, and batch splits too)."""
   out = [p for rule in RULES for p in rule(cfg)]
-  return out + (_mesh(cfg, devices, processes, slices) if devices else [])
+  out += _mesh(cfg, devices, processes, slices) if devices else []
+  if devices and not out:  # (the model's shapes exist once its own fields are sound)
+    out = rules.uneven_splits(shapes.abstract_variables(cfg.model), rules.logical_rules(cfg),
+                              _mesh_sizes(cfg, devices, slices))
+  return out
 
 
 def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1) -> None:

@@ -3,6 +3,7 @@ persistent compilation cache for the session."""
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -31,6 +32,19 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# What libraries print that is not ours: absl/glog-style records, Python warnings, libtpu's and
+# TensorFlow's start-up notices, tracebacks.
+LIBRARY_LINE = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\d\d|^(WARNING|INFO|ERROR):(absl|root|jax|orbax)|Warning: |^WARNING: |"
+    r"TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|jellyfish|host bounds|oneDNN|tensorflow|"
+    r"Traceback|CheckpointManager|orbax|Unable to initialize backend")
+
+
+def library_lines(output: str) -> list[str]:
+  lines = [line for chunk in output.splitlines() for line in chunk.split("\r")]
+  return [line for line in lines if LIBRARY_LINE.search(line)]
 
 
 _LINGERING = []  # emulators kept serving until the test process ends

@@ -3,9 +3,12 @@ time) with one `error:` line naming the field, file or key, no traceback, and no
 its output path. The cases run in parallel subprocesses (one device each)."""
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 
+import numpy as np
 import pytest
 
 from flamingo_jax import cli, config_check
@@ -15,6 +18,7 @@ from tests.train.test_train import REPO
 
 TINY = "--config=configs/tiny.py"
 OUT = "{out}"  # each case's output path (a workdir, a file): it must not exist afterwards
+BAD = "{bad}"  # a directory of broken inputs (_bad_files)
 
 CASES = [  # (tool, arguments, exit code, what the error line names)
     ("train", ["--config=configs/nope.py", f"--workdir={OUT}"], 2, "nope.py"),
@@ -44,14 +48,61 @@ CASES = [  # (tool, arguments, exit code, what the error line names)
     ("plan", [TINY, "--topology=local", "--config.mesh.fsdp=3"], 2, "mesh"),
     ("sweep", [TINY, f"--workdir={OUT}", "--only=99"], 2, "--only=99"),
     ("data.array_record", ["--shards=/nowhere/*.tar", f"--out_dir={OUT}"], 1, "/nowhere/*.tar"),
+    # Bad files ({bad}: written by _bad_files).
+    ("generate", ["--checkpoint=/nowhere/run", "--prompt=<image>", f"--image={BAD}/not_an_image.png"], 2,
+     "not_an_image.png: not an image"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=", f"--config.data.laion.shards={BAD}/empty.tar"],
+     1, "no samples"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=", f"--config.data.laion.shards={BAD}/random.tar"],
+     1, "random.tar"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.synthetic_dir=",
+               f"--config.data.laion.shards={BAD}/tar.array_record"], 1, "tar.array_record"),
+    ("train", [f"--config={BAD}/syntax.py", f"--workdir={OUT}"], 2, "syntax.py: SyntaxError"),
+    ("info", [f"--config={BAD}/train_config.json"], 2, "a .json file is a run's record"),
+    ("convert", ["export", "--base=/nowhere/base", f"--out={OUT}/checkpoint.pt"], 1, "no such directory"),
+    # Values a run cannot use: refused by the config check, before any data is read.
+    ("train", [TINY, f"--workdir={OUT}", "--config.train.log_every=0"], 2, "train.log_every=0"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.optim.learning_rate=-0.001"], 2, "optim.learning_rate=-0.001"),
+    ("train", [TINY, f"--workdir={OUT}", "--config.data.mmc4.max_tokens=0"], 2, "data.mmc4.max_tokens=0"),
+    ("plan", [TINY, "--topology=v5e:2x2", "--config.model.lm.num_heads=2", "--config.mesh.tensor=4",
+              "--config.mesh.data=1"], 2, "mesh.tensor=4 does not divide"),
+    ("sweep", [TINY, f"--workdir={OUT}", "--parallel=0"], 2, "--parallel=0"),
+    ("sweep", [TINY, f"--workdir={OUT}", "--config.train.log_every=0"], 2, "train.log_every=0"),
+    ("data.synthetic", ["--images=-1", f"--out={OUT}"], 2, "--images=-1"),
+    ("generate", ["--checkpoint=/nowhere/run", "--prompt=a cat", "--num_beams=0"], 2, "--num_beams=0"),
+    ("evaluate", ["--checkpoint=/nowhere/run", "--task=cocoa", f"--out_dir={OUT}"], 2, "--task=cocoa"),
+    ("evaluate", ["--random_init", TINY, "--task=coco", "--shots=4", f"--out_dir={OUT}",
+                  f"--eval_config=configs/eval_common.py:root={BAD}"], 1, "coco has 2 demonstrations"),
 ]
 
 
-def _run(case, out: str) -> str:
+def _bad_files(directory) -> str:
+  """Inputs a user gets wrong: an empty tar, random bytes as a tar, a tar named as ArrayRecord, a
+  text file as an image, a config with a syntax error, a run's JSON record as a config, and a
+  COCO-format set with 2 demonstrations."""
+  from flamingo_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory)
+  with tarfile.open(os.path.join(directory, "empty.tar"), "w"):
+    pass
+  rng = np.random.default_rng(0)
+  with open(os.path.join(directory, "random.tar"), "wb") as f:
+    f.write(rng.bytes(20_000))
+  synthetic.write_shards(os.path.join(directory, "shards"), laion_shards=1, mmc4_shards=1, samples_per_shard=4)
+  shutil.copy(os.path.join(directory, "shards", "laion-00000.tar"), os.path.join(directory, "tar.array_record"))
+  for name, text in (("not_an_image.png", "hello"), ("syntax.py", "def get_config(:\n"),
+                     ("train_config.json", '{"seed": null}')):
+    with open(os.path.join(directory, name), "w") as f:
+      f.write(text)
+  synthetic.write_coco(directory, 2)
+  return directory
+
+
+def _run(case, out: str, bad: str = "") -> str:
   """'' when `case` fails as it should, else what went wrong."""
   tool, args, code, named = case
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS}
-  proc = subprocess.run([sys.executable, "-m", f"flamingo_jax.{tool}", *[a.replace(OUT, out) for a in args]],
+  args = [a.replace(OUT, out).replace(BAD, bad) for a in args]
+  proc = subprocess.run([sys.executable, "-m", f"flamingo_jax.{tool}", *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   last = lines[-1] if lines else ""
@@ -65,7 +116,8 @@ def _run(case, out: str) -> str:
 @pytest.mark.slow
 def test_every_cli_mistake_is_one_error_line(tmp_path):
   with concurrent.futures.ThreadPoolExecutor(4) as pool:  # a few processes at a time: memory
-    failures = [f for f in pool.map(lambda n: _run(CASES[n], str(tmp_path / f"out{n}")), range(len(CASES))) if f]
+    bad = _bad_files(str(tmp_path / "bad"))
+    failures = [f for f in pool.map(lambda n: _run(CASES[n], str(tmp_path / f"out{n}"), bad), range(len(CASES))) if f]
   assert not failures, f"{len(failures)} of {len(CASES)}:\n\n" + "\n\n".join(failures)
 
 

@@ -85,13 +85,27 @@ def test_stops_at_end_of_chunk_and_pads():
   assert (out[0, ids.shape[1] + 1:] == ref.PAD_ID).all()
 
 
-def test_sampling_is_seeded_and_respects_top_k():
+def test_sampling_is_seeded_and_generate_compiles_once_per_model():
+  """The same seed gives the same tokens; a second `generate()` call for the same model (even
+  with other weights of that configuration) traces and compiles nothing again."""
   _, cfg, variables = _pair("mpt")
   vision, ids, mask = _prompt(np.random.default_rng(3))
   kw = dict(max_new_tokens=5, do_sample=True, top_k=3, temperature=0.7)
-  a = generate(cfg, variables, vision, ids, mask, rng=jax.random.PRNGKey(1), **kw)
-  b = generate(cfg, variables, vision, ids, mask, rng=jax.random.PRNGKey(1), **kw)
+  traces = []
+  def listener(event, duration, **_):
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+      traces.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    a = generate(cfg, variables, vision, ids, mask, rng=jax.random.PRNGKey(1), **kw)
+    first = len(traces)
+    b = generate(cfg, variables, vision, ids, mask, rng=jax.random.PRNGKey(1), **kw)
+    other = jax.tree_util.tree_map(lambda x: x * 1.01, variables)
+    generate(cfg, other, vision, ids, mask, rng=jax.random.PRNGKey(1), **kw)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   np.testing.assert_array_equal(a, b)
+  assert first > 0 and len(traces) == first, (first, len(traces))
 
 
 def test_processors_follow_hf_semantics():

@@ -25,6 +25,7 @@ from typing import Sequence
 import msgpack
 from etils import epath
 
+from flamingo_jax.data.tar_source import ShardError
 from flamingo_jax.paths import is_remote, resolve
 
 SUFFIX = ".array_record"
@@ -46,6 +47,17 @@ def decode_record(data: bytes) -> dict:
   return record
 
 
+def _unreadable(paths: Sequence[str]) -> str:
+  """The first of `paths` that array_record cannot open (one at a time), or all of them."""
+  import grain  # pylint: disable=g-import-not-at-top
+  for path in paths[:64]:
+    try:
+      grain.sources.ArrayRecordDataSource([path])
+    except RuntimeError:
+      return repr(path)
+  return f"among {list(paths)[:3]}"
+
+
 class ArrayRecordSource:
   """A Grain random-access data source over ArrayRecord files: record i -> a WebDataset sample."""
 
@@ -57,7 +69,11 @@ class ArrayRecordSource:
     if missing:
       raise FileNotFoundError(f"ArrayRecord files not found: {missing[:5]}")
     self._paths = [str(p) for p in paths]
-    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    except RuntimeError as e:  # array_record's reader: a corrupt file, or not ArrayRecord at all
+      raise ShardError(f"Cannot read ArrayRecord shard {_unreadable(self._paths)} "
+                       f"({str(e).split(';')[0][:120]}); WebDataset shards must end in .tar") from None
 
   def __len__(self) -> int:
     return len(self._source)

@@ -24,7 +24,7 @@ from flamingo_jax.data import array_record, batch as batch_lib, laion, mmc4
 from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.data.shards import expand_shards, process_shards
 from flamingo_jax.data.skips import Skip, SkipCounter
-from flamingo_jax.data.tar_source import TarShardSource
+from flamingo_jax.data.tar_source import ShardError, TarShardSource
 from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import special_ids
 
@@ -76,6 +76,8 @@ def local_source(name: str, cfg: ml_collections.ConfigDict, process_index: int =
   """This process's disjoint part of a dataset's raw records ({"__key__", ext: bytes, ...})."""
   paths, slice_samples = process_shards(expand_shards(cfg[name].shards), process_index, process_count)
   ds = grain.MapDataset.source(open_source(paths))
+  if not len(ds):  # (Grain would end the first epoch at once)
+    raise ShardError(f"data.{name}.shards={cfg[name].shards}: {len(paths)} shard(s) and no samples in them")
   return ds[process_index::process_count] if slice_samples else ds
 
 

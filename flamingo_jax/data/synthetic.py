@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import sys
 import tarfile
 
 import numpy as np
@@ -277,17 +278,56 @@ def write_images(out: str, n: int, *, image_size: int = 64, seed: int = 10_000) 
   return pairs
 
 
+def write_coco(out: str, n: int, *, image_size: int = 64, seed: int = 20_000) -> str:
+  """Writes a COCO-captioning-format evaluation set of held-out synthetic images: `n` test and
+  `n` train (demonstration) images under `out/mscoco_karpathy/` in the layout
+  `configs/eval_common.py:root=<out>` reads (the Karpathy split file, train2014/, val2014/,
+  annotations/captions_val2014.json). Returns that directory."""
+  root = os.path.join(out, "mscoco_karpathy")
+  entries, annotations = [], []
+  rng = np.random.default_rng(seed)
+  for i in range(2 * n):
+    split, folder = ("train", "train2014") if i < n else ("test", "val2014")
+    img, caption = draw(rng, image_size)
+    filename = f"COCO_{folder}_{i:012d}.jpg"
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+    img.save(os.path.join(root, folder, filename), quality=95)
+    entries.append({"filepath": folder, "filename": filename, "split": split, "cocoid": i,
+                    "sentences": [{"raw": caption}]})
+    if split == "test":
+      annotations.append({"image_id": i, "id": i, "caption": caption})
+  os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+  with open(os.path.join(root, "dataset_coco.json"), "w") as f:
+    json.dump({"images": entries, "dataset": "coco"}, f)
+  with open(os.path.join(root, "annotations", "captions_val2014.json"), "w") as f:
+    json.dump({"annotations": annotations,
+               "images": [{"id": e["cocoid"], "file_name": e["filename"]} for e in entries if e["split"] == "test"]}, f)
+  return root
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description="Write synthetic LAION/MMC4 WebDataset shards, or "
                                    "(--images N) N held-out captioned image files.")
   parser.add_argument("--out", required=True)
   parser.add_argument("--images", type=int, default=0, help="write N image files instead of shards")
+  parser.add_argument("--coco", type=int, default=0, help="write a COCO-captioning-format evaluation set "
+                      "of N test and N demonstration images instead of shards (evaluate with "
+                      "--eval_config=configs/eval_common.py:root=OUT)")
   parser.add_argument("--laion-shards", type=int, default=4)
   parser.add_argument("--mmc4-shards", type=int, default=4)
   parser.add_argument("--samples-per-shard", type=int, default=64)
   parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   a = parser.parse_args()
+  bad = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if isinstance(v, int) and v < 0]
+  bad += [f"--{k.replace('_', '-')}=0" for k in ("samples_per_shard", "image_size") if getattr(a, k) == 0]
+  if bad:
+    print(f"error: {bad[0]}: counts must be >= 0, and samples per shard and the image size >= 1", file=sys.stderr)
+    sys.exit(2)
+  if a.coco:
+    root = write_coco(a.out, a.coco, image_size=a.image_size, seed=20_000 + a.seed)
+    print(f"wrote a COCO-format evaluation set of {a.coco} test and {a.coco} demonstration images to {root}")
+    return
   if a.images:
     pairs = write_images(a.out, a.images, image_size=a.image_size, seed=10_000 + a.seed)
     print(f"wrote {len(pairs)} images and captions.txt to {a.out}")

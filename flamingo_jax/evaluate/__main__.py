@@ -45,12 +45,17 @@ flags.mark_flags_as_required(["task"])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   if _RANDOM_INIT.value and _CONFIG.value is None:
     raise app.UsageError("--random_init needs --config")
   if not _RANDOM_INIT.value and not _CHECKPOINT.value:
     raise app.UsageError("--checkpoint is required (or --random_init with --config)")
+  from flamingo_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
   from flamingo_jax.weights import load  # pylint: disable=g-import-not-at-top
+  try:
+    shots = runner.parse_ints(",".join(_SHOTS.value))
+  except ValueError:
+    raise app.UsageError(f"--shots={','.join(_SHOTS.value)}: expected whole numbers, e.g. 0,4,8") from None
+  runner.check_request(_TASK.value, shots)
   cfg = _CONFIG.value
   if not _RANDOM_INIT.value:
     try:  # read without JAX, so that the backend can be chosen first
@@ -58,19 +63,14 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
       raise app.UsageError(str(e)) from e
   runtime.start(cfg.backend)
-  from flamingo_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
   from flamingo_jax.evaluate.inference import EvalModel  # pylint: disable=g-import-not-at-top
   config_path = config_flags.get_config_filename(flags.FLAGS["config"]) if _CONFIG.value else None
   model_name = _MODEL_NAME.value or runner.guess_model_name(cfg, config_path)
-  try:
-    loaded = load.load_model(_CHECKPOINT.value, config=_CONFIG.value, step=_STEP.value,
-                             tokenizer_path=_TOKENIZER.value, random_init=_RANDOM_INIT.value)
-  except (FileNotFoundError, ValueError) as e:  # no such step, tokenizer mismatch, ...
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  loaded = load.load_model(_CHECKPOINT.value, config=_CONFIG.value, step=_STEP.value,
+                           tokenizer_path=_TOKENIZER.value, random_init=_RANDOM_INIT.value)
   print(f"Evaluating {loaded.source}", flush=True)
   model = EvalModel.from_loaded(loaded, _EVAL_CONFIG.value)
-  _, written = runner.run(model, _EVAL_CONFIG.value, _TASK.value, runner.parse_ints(",".join(_SHOTS.value)),
+  _, written = runner.run(model, _EVAL_CONFIG.value, _TASK.value, shots,
                         _OUT_DIR.value, model_name)
   for kind, path in written.items():
     print(f"{kind}: {path}")

@@ -47,17 +47,31 @@ def parse_ints(text: str | Sequence[int]) -> list[int]:
   return [int(x) for x in text]
 
 
+def check_request(task_names: Sequence[str], shots: Sequence[int]) -> None:
+  """Task names and shot counts a run can use, before any work (usage errors)."""
+  from flamingo_jax import cli  # pylint: disable=g-import-not-at-top
+  unknown = [n for n in task_names if n not in prompts.TASKS]
+  if unknown:
+    raise cli.UsageError(f"--task={unknown[0]}: unknown task; known: {', '.join(prompts.TASKS)}")
+  if not shots or min(shots) < 0:
+    raise cli.UsageError(f"--shots={','.join(map(str, shots))}: shot counts must be whole numbers >= 0")
+
+
 def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Sequence[str],
         shots: Sequence[int], out_dir: str, model_name: str | None = None,
         progress: bool = True) -> tuple[dict[str, list[dict]], dict[str, str]]:
   """Evaluates every task; host 0 writes results.{json,md,png} (and per-trial predictions)."""
-  for name in task_names:
-    prompts.get_task(name)  # unknown names fail before any work
+  check_request(task_names, shots)
   seeds = parse_ints(eval_cfg.trial_seeds)
   results, timings = {}, {}
-  for name in task_names:
+  loaded = {name: datasets.load_task_data(name, eval_cfg.data[name]) for name in task_names}
+  for name, data in loaded.items():  # every task's demonstration pool, before any is evaluated
+    pool = min(len(data.train), eval_cfg.query_set_size)
+    if max(shots) > pool:
+      raise ValueError(f"--shots={max(shots)}: {name} has {pool} demonstrations to draw from "
+                       f"(eval_config.query_set_size={eval_cfg.query_set_size}, {len(data.train)} train examples)")
+  for name, data in loaded.items():
     start = time.time()
-    data = datasets.load_task_data(name, eval_cfg.data[name])
     settings = task_settings(eval_cfg, name, out_dir, progress)
     results[name] = tasks.evaluate_task(model, name, data, list(shots), seeds, settings)
     timings[name] = round(time.time() - start, 1)

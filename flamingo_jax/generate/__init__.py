@@ -5,7 +5,8 @@ image keys/values and every layer's self-attention keys/values are cached.
   tokens = sampler.generate(vision_x, input_ids, attention_mask,
                             DecodeSettings(max_new_tokens=20, num_beams=3, eos_token_ids=(eoc_id,)))
 
-`generate(model_cfg, variables, ...)` is the one-shot form (a Sampler made for the call).
+`generate(model_cfg, variables, ...)` is the one-shot form: a Sampler made for the call, whose
+compiled functions are the model configuration's (a second call compiles nothing again).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Everything that runs a trained model forward outside training goes through one Sampler: text
 generation (greedy, sampling, beam search), class scoring (a prefilled context continued by each
 class's tokens, or one full forward per class) and CLIP image embeddings (RICES). Its functions
-are jitted once per Sampler (XLA compiles once per input shape) and run inside the mesh's
+are jitted once per model configuration in a process (`compiled_functions`: every Sampler and
+`generate()` call of that model shares them; XLA compiles once per input shape) and run inside the mesh's
 logical-axis rules, so the model's activation sharding constraints apply. A batch is sharded
 over the mesh's batch axes (data x fsdp) when its size allows.
 
@@ -30,6 +31,37 @@ from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.models.vision import clip_embedding_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class CompiledFunctions:
+  """One model configuration's jitted inference functions (variables are arguments, so every
+  Sampler of that configuration shares them, and XLA's executables with them)."""
+  prefill: Any
+  encode_images: Any
+  extend: Any
+  continuation: Any
+  full_forward: Any
+  embed: Any
+
+
+_COMPILED: dict[tuple[str, str], CompiledFunctions] = {}  # by the model config's JSON and the rules
+
+
+def compiled_functions(model_cfg: ml_collections.ConfigDict, rules: tuple = ()) -> CompiledFunctions:
+  """The jitted functions of `model_cfg`, made once per configuration in this process: a second
+  Sampler (or `generate()` call) for the same model compiles nothing again. (The logical-axis
+  `rules` a trace runs under are not part of jit's own cache key, so they are part of this one.)"""
+  key = (model_cfg.to_json_best_effort(sort_keys=True), repr(rules))
+  if key not in _COMPILED:
+    model = Flamingo(model_cfg)
+    _COMPILED[key] = CompiledFunctions(
+        prefill=jax.jit(lambda v, x, ids, mask, max_len, media: model.apply(
+            v, x, ids, mask, max_len, media, method=Flamingo.prefill), static_argnums=4),
+        encode_images=jax.jit(lambda v, x: model.apply(v, x, method=Flamingo.encode_images)),
+        extend=jax.jit(_extend_fn(model)), continuation=jax.jit(_continuation_fn(model)),
+        full_forward=jax.jit(_full_forward_fn(model)), embed=jax.jit(clip_embedding_fn(model_cfg)))
+  return _COMPILED[key]
+
+
 class Sampler:
   """A Flamingo's variables and compiled prefill / extend / scoring / embedding functions."""
 
@@ -38,14 +70,9 @@ class Sampler:
     self.cfg = model_cfg
     self.variables = nn.unbox(variables)
     self.mesh, self.rules = mesh, tuple(rules or ())
-    model = Flamingo(model_cfg)
-    self._prefill = jax.jit(lambda v, x, ids, mask, max_len, media: model.apply(
-        v, x, ids, mask, max_len, media, method=Flamingo.prefill), static_argnums=4)
-    self._encode_images = jax.jit(lambda v, x: model.apply(v, x, method=Flamingo.encode_images))
-    self._extend = jax.jit(_extend_fn(model))
-    self._continuation = jax.jit(_continuation_fn(model))
-    self._full_forward = jax.jit(_full_forward_fn(model))
-    self._embed = jax.jit(clip_embedding_fn(model_cfg))
+    fns = compiled_functions(model_cfg, self.rules)
+    self._prefill, self._encode_images, self._extend = fns.prefill, fns.encode_images, fns.extend
+    self._continuation, self._full_forward, self._embed = fns.continuation, fns.full_forward, fns.embed
 
   @classmethod
   def from_loaded(cls, loaded) -> "Sampler":

@@ -170,6 +170,27 @@ def variable_shardings(abstract_variables: Mapping, mesh: Mesh, rules) -> Any:
                                 is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def uneven_splits(abstract_variables: Mapping, rules, sizes: Mapping[str, int]) -> list[str]:
+  """What a mesh of `sizes` ({axis: size}) cannot split: for each group of mesh axes, a line
+  naming the first variable dimension they shard but do not divide (JAX refuses such arrays).
+
+    uneven_splits(abstract, rules, {"data": 1, "fsdp": 1, "tensor": 3})
+    # -> ["mesh.tensor=3 does not divide dimension 0 (4) of frozen/lm/block_0/attn/out/kernel, nor 9 more"]
+  """
+  specs = nn.get_partition_spec(abstract_variables)
+  with nn.logical_axis_rules(rules):
+    mesh_specs = nn.logical_to_mesh(specs)
+  leaves = jax.tree_util.tree_leaves_with_path(mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  found: dict[tuple[str, ...], list[str]] = {}
+  for (path, spec), leaf in zip(leaves, jax.tree_util.tree_leaves(nn.unbox(abstract_variables))):
+    for i, (dim, axes) in enumerate(zip(leaf.shape, spec)):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      if dim % int(np.prod([sizes[a] for a in axes])):
+        found.setdefault(axes, []).append(f"dimension {i} ({dim}) of {path_str(path)}")
+  return [" x ".join(f"mesh.{a}={sizes[a]}" for a in axes) + f" does not divide {where[0]}"
+          + (f", nor {len(where) - 1} more" if len(where) > 1 else "") for axes, where in found.items()]
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading (batch) dim over (data, fsdp); the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flamingo_jax import chips as chips_lib
+from flamingo_jax import chips as chips_lib, config_check
 from flamingo_jax.data import batch as batch_lib
 from flamingo_jax.models import flops as flops_lib, rules
 from flamingo_jax.plan import cache as plan_cache, comm
@@ -27,6 +27,9 @@ from flamingo_jax.train import image_buffers, metrics, optimizer, state as state
 from flamingo_jax.weights import load
 
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
+# One host of each generation, as Cloud TPU names its accelerator types: what a compile-only
+# process tells libtpu it is (without one, libtpu asks a metadata server and complains).
+_HOST_ACCELERATOR = {"v4": "v4-8", "v5e": "v5litepod-4", "v5p": "v5p-8", "v6e": "v6e-4"}
 
 
 class PlanError(ValueError):
@@ -54,9 +57,13 @@ def target_devices(topology: str, slices: int = 1) -> tuple[list, chips_lib.Chip
                     f'pip install "jax[tpu]=={jax.__version__}" (no TPU needed)') from None
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Compiling only, no chip: several processes may hold the compiler at once (libtpu's lockfile
-  # would refuse the second), and no TPU worker list is needed (libtpu complains without one).
+  # would refuse the second), and no TPU worker list or accelerator type is needed (libtpu
+  # complains without them).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:  # (a TPU VM knows its own)
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", _HOST_ACCELERATOR[generation])
   try:
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=slices).devices
   except Exception as e:  # libtpu's own message names what is wrong with the shape
@@ -202,11 +209,10 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, devices: Sequence |
   if devices is None:
     devices, chip = target_devices(topology)
   slices = len(rules.slices_of(devices))
-  try:
-    mesh = rules.make_mesh(cfg.mesh, devices)
-    _check_batches(cfg, mesh)
-  except ValueError as e:
-    raise PlanError(f"{target_name(topology, slices)} ({len(devices)} chips): {e}") from None
+  found = config_check.problems(cfg, len(devices), 1, slices)  # the train CLI's rules, on the target
+  if found:
+    raise PlanError(f"{target_name(topology, slices)} ({len(devices)} chips): " + "; ".join(found))
+  mesh = rules.make_mesh(cfg.mesh, devices)
   step, args, packing = abstract_step(cfg, mesh)
   sizes = metrics.batch_sizes(cfg, packing)
   plan = Plan(topology, chip, len(devices), dict(mesh.shape),
@@ -259,14 +265,6 @@ def _compile(lowered, slice_of: list[int]) -> dict[str, Any]:
           "code_bytes": mem.generated_code_size_in_bytes, "xla_flops_per_chip": float(cost.get("flops", 0.0)),
           "xla_bytes_per_chip": float(cost.get("bytes accessed", 0.0)),
           "communication": (comm.count(partitioned, slice_of) if partitioned else comm.Communication()).to_json()}
-
-
-def _check_batches(cfg: ml_collections.ConfigDict, mesh) -> None:
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name in batch_lib.DATASETS:
-    if cfg.data[name].batch_size % shards:
-      raise ValueError(f"data.{name}.batch_size={cfg.data[name].batch_size} does not divide over the "
-                       f"{shards} data x fsdp devices of mesh {dict(mesh.shape)}")
 
 
 def _measure(plan: Plan, analysis: dict[str, Any], args, chip: chips_lib.Chip | None) -> None:

@@ -67,13 +67,25 @@ def _jobs(args, points, flags) -> list[runner.Job]:
   return jobs
 
 
+def _check(points) -> None:
+  """Every point's config by the train CLI's rules, before any point starts."""
+  from flamingo_jax import config_check  # pylint: disable=g-import-not-at-top
+  found = [f"{p.name}: {problem}" for p in points for problem in config_check.problems(p.config)]
+  if found:
+    raise points_lib.SweepError(f"{len(found)} problem{'s' if len(found) > 1 else ''} in the sweep's points: "
+                                + "; ".join(found))
+
+
 def run(args, base: dict, flags: list[str]) -> int:
   if not args.config:
     raise points_lib.SweepError("--config is required to run a sweep")
+  if args.parallel < 1:
+    raise points_lib.SweepError(f"--parallel={args.parallel}: must be at least 1 (points run at a time)")
   every = points_lib.expand(args.config, base)
   if args.only is not None and not 0 <= args.only < len(every):
     raise points_lib.SweepError(f"--only={args.only}: the sweep has points 0..{len(every) - 1}")
   points = every if args.only is None else [every[args.only]]
+  _check(points)
   jobs = _jobs(args, points, flags)
   if args.print:
     for job in jobs:  # a TPU VM job's own variables first

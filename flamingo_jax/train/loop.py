@@ -100,6 +100,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
   print(f"mesh {rules.describe(mesh)} ({jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process{'es' if jax.process_count() > 1 else ''})", flush=True)
+  if cfg.checkpoint.base:  # a missing base checkpoint is reported before any data is read
+    load.stored_config(cfg.checkpoint.base)
   tok = tok_lib.load_tokenizer(cfg.tokenizer_path)
   tok_lib.check_tokenizer(tok, cfg.model, cfg.tokenizer_path)
   if jax.process_index() == 0:

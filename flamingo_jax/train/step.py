@@ -39,12 +39,16 @@ def gate_values(params) -> dict[str, jax.Array]:
 
 
 class NonFiniteError(FloatingPointError):
-  """A non-finite loss or gradient; raised before anything of that step is checkpointed."""
+  """A non-finite loss, gradient or updated state; raised before anything of that step is
+  checkpointed."""
 
 
 @dataclasses.dataclass
 class NonFinitePolicy:
-  """What a non-finite loss or gradient does, on device and on the host (`train.non_finite`).
+  """What a non-finite loss, gradient or updated trainable state (parameters, optimizer state)
+  does, on device and on the host (`train.non_finite`). A finite loss and gradient can still
+  give a non-finite update (a learning rate that overflows it): the state is checked too, so no
+  checkpoint ever holds a non-finite trainable value.
 
   'stop': the run ends with an error naming the step, before anything of it is saved. 'skip': the
   step's update is dropped on device (params and optimizer state kept, the batch consumed);
@@ -77,8 +81,8 @@ class NonFinitePolicy:
     if bool(metrics["finite"]):
       self.in_a_row = 0
       return
-    what = (f"Non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}, grad norm "
-            f"{float(metrics['grad_norm'])})")
+    what = (f"Non-finite loss, gradient or updated state at step {step} (loss {float(metrics['loss'])}, "
+            f"grad norm {float(metrics['grad_norm'])})")
     if not self.skip:
       raise NonFiniteError(f"{what}; no checkpoint was written for it")
     self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
@@ -89,6 +93,12 @@ class NonFinitePolicy:
 
   def scalars(self) -> dict[str, float]:
     return {"skipped/non_finite_steps": float(self.skipped)} if self.skip else {}
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point value of `tree` is finite (one boolean on device)."""
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
 
 
 def _apply(model: Flamingo, variables: dict, batch: dict, packing: tuple[int, int] | None = None) -> jax.Array:
@@ -125,7 +135,7 @@ def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collecti
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
     if skip_non_finite:  # Keep the previous params and optimizer state; the batch is consumed.
       keep = lambda new, old: jnp.where(finite, new, old)
       params = jax.tree_util.tree_map(keep, params, state.params)

@@ -115,7 +115,7 @@ def test_correct_answers_reach_the_right_examples(tiny_model, eval_cfg, tmp_path
 
 
 def test_unknown_task_fails_before_any_work(tiny_model, eval_cfg, tmp_path):
-  with pytest.raises(ValueError, match="Unknown task"):
+  with pytest.raises(ValueError, match="--task=gqa: unknown task"):
     runner.run(tiny_model, eval_cfg, ["coco", "gqa"], [0], str(tmp_path), None)
   assert not os.listdir(tmp_path)
 

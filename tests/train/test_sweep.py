@@ -14,7 +14,7 @@ import pytest
 
 from flamingo_jax import overrides
 from flamingo_jax.sweep import points, product, zipped
-from tests.conftest import TEST_XLA_FLAGS
+from tests.conftest import TEST_XLA_FLAGS, library_lines
 from tests.train.test_train import REPO
 
 SWEEP_CONFIG = """
@@ -152,3 +152,4 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   table = (root / "summary.md").read_text()
   assert table.startswith("| point | seed | train.num_steps | status |") and table in text
   assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not library_lines(text), library_lines(text)  # the sweep's own lines only
