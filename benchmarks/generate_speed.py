@@ -100,12 +100,16 @@ def _greedy_breakdown(sampler, vision, ids, mask, new: int, repeats: int) -> dic
   t_media, media = _time(lambda: ready(sampler.encode_images(vision)), repeats)
   t_prefill, (logits, state) = _time(lambda: ready(sampler.prefill(None, ids, mask, max_len, media=media)), repeats)
   token = np.asarray(logits.argmax(-1), np.int32)
-  t_extend, _ = _time(lambda: ready(sampler.extend(token, state)), repeats)
+  carried = [state]  # extend donates its state: each call continues the last one's
+
+  def extend():
+    carried[0] = ready(sampler.extend(token, carried[0]))[1]
+  t_extend, _ = _time(extend, min(repeats, new - 2))
   s = DecodeSettings(max_new_tokens=new, min_new_tokens=new, num_beams=1)
   seq = jnp.zeros((ids.shape[0], max_len), jnp.int32)
   finished = jnp.zeros((ids.shape[0],), bool)
-  t_choose, _ = _time(lambda: ready(search._choose(logits, seq, finished, jnp.int32(ids.shape[1]),  # pylint: disable=protected-access
-                                                   jax.random.PRNGKey(0), s=s, prompt_len=ids.shape[1])), repeats)
+  t_choose, _ = _time(lambda: ready(search.choose(logits, seq, finished, jnp.int32(ids.shape[1]),
+                                                  jax.random.PRNGKey(0), s=s, prompt_len=ids.shape[1])), repeats)
   t_total, _ = _time(lambda: sampler.generate(vision, ids, mask, s, eos_token_ids=(), pad_token_id=0), repeats)
   pieces = t_media + t_prefill + (new - 1) * t_extend + new * t_choose
   return {"vision+resampler": t_media * 1e3, "prefill": t_prefill * 1e3, "extend per token": t_extend * 1e3,

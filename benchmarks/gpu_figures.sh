@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README in one run (about 10 minutes on one H100/H200), most valuable
+# Every GPU figure of docs/benchmarks.md in one run (about 10 minutes on one H100/H200), most valuable
 # first; each measurement has its own time limit and the run stops starting new ones near BUDGET_S.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_figures.sh            # on a machine with one GPU

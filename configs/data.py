@@ -28,7 +28,7 @@ def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections
                                            image_buffer=0))
   c.mmc4 = ml_collections.ConfigDict(dict(
       shards="", validation_shards="", batch_size=32, max_tokens=256, max_images=6, image_buffer=0,
-      sim_threshold=0.24,      # the README's value; the reference's CLI default (30) drops all
+      sim_threshold=0.24,      # OpenFlamingo README's value; its CLI default (30) drops all
       min_images=1,
       min_image_bytes=11_000,  # the reference skips images with len(bytes) // 1000 <= 10
       matching="argmax"))      # 'argmax' (released models, <= 2.0.1) | 'one_to_one' (main)

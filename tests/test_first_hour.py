@@ -75,6 +75,10 @@ def test_the_readme_next_commands_run_as_written_and_quietly(newcomer):
     noise = library_lines(proc.stdout + proc.stderr)
     assert not noise, (command, noise)
   assert os.path.exists(os.path.join(home, "runs", "tiny", "checkpoint.safetensors"))
+  snippet = re.search(r"use the trained model.*?```python\n(.*?)```", open(README).read(), re.S | re.I)
+  assert snippet, "README: no Python example under 'Use the trained model'"
+  proc = _run(f"{shlex.quote(sys.executable)} -c {shlex.quote(snippet.group(1))}", home)
+  assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +26,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from flamingo_jax.generate.search import DecodeSettings, beam_search, greedy_or_sample
+from flamingo_jax.generate.search import DecodeSettings, beam_search, choose, greedy_or_sample
 from flamingo_jax.models import rules as rules_lib
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.models.vision import clip_embedding_fn
@@ -38,6 +39,7 @@ class CompiledFunctions:
   prefill: Any
   encode_images: Any
   extend: Any
+  greedy_step: Any
   continuation: Any
   full_forward: Any
   embed: Any
@@ -57,7 +59,10 @@ def compiled_functions(model_cfg: ml_collections.ConfigDict, rules: tuple = ()) 
         prefill=jax.jit(lambda v, x, ids, mask, max_len, media: model.apply(
             v, x, ids, mask, max_len, media, method=Flamingo.prefill), static_argnums=4),
         encode_images=jax.jit(lambda v, x: model.apply(v, x, method=Flamingo.encode_images)),
-        extend=jax.jit(_extend_fn(model)), continuation=jax.jit(_continuation_fn(model)),
+        # The decode state (KV caches) is donated: each token updates it in place, not a copy.
+        extend=jax.jit(_extend_fn(model), donate_argnums=2),
+        greedy_step=jax.jit(_greedy_step_fn(model), static_argnames=("s", "prompt_len"), donate_argnums=6),
+        continuation=jax.jit(_continuation_fn(model)),
         full_forward=jax.jit(_full_forward_fn(model)), embed=jax.jit(clip_embedding_fn(model_cfg)))
   return _COMPILED[key]
 
@@ -72,6 +77,7 @@ class Sampler:
     self.mesh, self.rules = mesh, tuple(rules or ())
     fns = compiled_functions(model_cfg, self.rules)
     self._prefill, self._encode_images, self._extend = fns.prefill, fns.encode_images, fns.extend
+    self._greedy_step = fns.greedy_step
     self._continuation, self._full_forward, self._embed = fns.continuation, fns.full_forward, fns.embed
 
   @classmethod
@@ -118,6 +124,14 @@ class Sampler:
     with self.context():
       return self._extend(self.variables, tokens, state, origin)
 
+  def greedy_step(self, logits, sequences, finished, cur_len, rng, state, *, s: DecodeSettings,
+                  prompt_len: int):
+    """Chooses each row's next token (greedy or sampled, `s`) and feeds it: one dispatch per
+    token (search.greedy_or_sample's `step`)."""
+    with self.context():
+      return self._greedy_step(self.variables, logits, sequences, finished, cur_len, rng, state,
+                               s=s, prompt_len=prompt_len)
+
   def continuation_log_prob(self, state, first_logprobs, tokens) -> jax.Array:
     """Mean log-prob of `tokens` (B, m) after a prefilled context, fed one at a time."""
     with self.context():
@@ -158,8 +172,11 @@ class Sampler:
     if (attention_mask[:, -1] == 0).any():
       raise ValueError("Prompts must be left-padded: the last position of every row must be a real token")
     prefill = lambda max_len: self.prefill(vision_x, input_ids, attention_mask, max_len, media=media)
-    search = beam_search if s.num_beams > 1 else greedy_or_sample
-    return search(prefill, self.extend, input_ids, s, jax.random.PRNGKey(0) if rng is None else rng)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    if s.num_beams > 1:
+      return beam_search(prefill, self.extend, input_ids, s, rng)
+    step = functools.partial(self.greedy_step, s=s, prompt_len=input_ids.shape[1])
+    return greedy_or_sample(prefill, step, input_ids, s, rng)
 
 
 def _extend_fn(model: Flamingo):
@@ -168,6 +185,14 @@ def _extend_fn(model: Flamingo):
       state = jax.tree_util.tree_map(lambda x: x[origin] if x.ndim else x, state)
     return model.apply(v, tok, state, method=Flamingo.extend)
   return extend
+
+
+def _greedy_step_fn(model: Flamingo):
+  def greedy_step(v, logits, sequences, finished, cur_len, rng, state, *, s, prompt_len):
+    token, sequences, finished = choose(logits, sequences, finished, cur_len, rng, s=s, prompt_len=prompt_len)
+    logits, state = model.apply(v, token, state, method=Flamingo.extend)
+    return logits, state, sequences, finished
+  return greedy_step
 
 
 def _continuation_fn(model: Flamingo):

@@ -1,7 +1,7 @@
 """Decoding loops over the model's `prefill`/`extend`: greedy, sampling and beam search.
 
-Each step runs as one jitted function on device; the Python loop only checks whether every row
-(or beam set) is done. Beam search follows Hugging Face's vectorised algorithm (the one
+Each step runs as one jitted function on device (greedy: the token choice and the model's
+forward pass on it together); the Python loop only checks whether every row (or beam set) is done. Beam search follows Hugging Face's vectorised algorithm (the one
 open_flamingo's `generate` uses): 2*beams candidates per step, length-penalised finished
 hypotheses, and its default early-stopping heuristic.
 """
@@ -60,27 +60,37 @@ def _is_eos(tokens, s: DecodeSettings):
   return jnp.isin(tokens, jnp.asarray(s.eos_token_ids))
 
 
-def greedy_or_sample(prefill: Callable, extend: Callable, input_ids: np.ndarray, s: DecodeSettings,
+def greedy_or_sample(prefill: Callable, step: Callable, input_ids: np.ndarray, s: DecodeSettings,
                      rng: jax.Array) -> np.ndarray:
-  """Greedy decoding, or sampling when `s.do_sample`. Returns (B, prompt + generated) ids."""
+  """Greedy decoding, or sampling when `s.do_sample`. Returns (B, prompt + generated) ids.
+
+  `step(logits, sequences, finished, cur_len, rng, state) -> (logits, state, sequences, finished)`
+  chooses each row's next token and feeds it to the model, one dispatch per token. Whether every
+  row has ended is read one step late, while the next step is already queued, so the host never
+  waits for the device between tokens; the step queued past the end (pads after every row's end)
+  is cut off, giving Hugging Face's output exactly.
+  """
   b, prompt_len = input_ids.shape
   max_len = prompt_len + s.max_new_tokens
   logits, state = prefill(max_len)
   sequences = jnp.full((b, max_len), s.pad_token_id, jnp.int32).at[:, :prompt_len].set(input_ids)
   finished = jnp.zeros((b,), bool)
-  length = prompt_len
-  for step in range(s.max_new_tokens):
-    token, sequences, finished = _choose(logits, sequences, finished, jnp.int32(length),
-                                         jax.random.fold_in(rng, step), s=s, prompt_len=prompt_len)
+  length, ended_before = prompt_len, None
+  for i in range(s.max_new_tokens):
+    key = jax.random.fold_in(rng, i)
+    if i + 1 == s.max_new_tokens:  # the last token needs no forward pass after it
+      _, sequences, finished = choose(logits, sequences, finished, jnp.int32(length), key, s=s, prompt_len=prompt_len)
+    else:
+      logits, state, sequences, finished = step(logits, sequences, finished, jnp.int32(length), key, state)
+    if ended_before is not None and bool(ended_before.all()):
+      break  # every row had ended: this step only appended pads
     length += 1
-    if step + 1 == s.max_new_tokens or bool(finished.all()):
-      break
-    logits, state = extend(token, state)
+    ended_before = finished
   return np.asarray(sequences[:, :length])
 
 
 @functools.partial(jax.jit, static_argnames=("s", "prompt_len"))
-def _choose(logits, sequences, finished, cur_len, rng, *, s: DecodeSettings, prompt_len: int):
+def choose(logits, sequences, finished, cur_len, rng, *, s: DecodeSettings, prompt_len: int):
   """One greedy/sampling step: process scores, pick tokens, append them, track EOS."""
   scores = _process(logits.astype(jnp.float32), sequences, cur_len, prompt_len, s)
   if s.do_sample:
