@@ -170,3 +170,17 @@ def test_config_rules_each_name_their_field():
     bad = ok.copy_and_resolve_references().unlock()
     bad.model.lm.num_heads, bad.train.num_steps = 3, 0
     config_check.check(bad)
+
+
+def test_an_error_line_starts_its_own_line_after_a_progress_bar(capsys):
+  """A known problem raised while a progress bar is drawn: the bar is ended first, so the error
+  is a line of its own (not appended to the bar's partial line)."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  def main():
+    bar = tqdm.tqdm(total=10, desc="coco 0-shot")
+    bar.update(3)
+    raise FileNotFoundError("/nowhere/images: no such directory")
+  assert cli.guard(main) == 1
+  err = capsys.readouterr().err
+  assert err.endswith("\nerror: /nowhere/images: no such directory\n"), repr(err[-200:])
