@@ -133,14 +133,29 @@ def problems(cfg: ml_collections.ConfigDict, devices: int | None = None, process
   """Every problem of `cfg` (with `devices`: its mesh, over `slices` slices, and batch splits too)."""
   out = [p for rule in RULES for p in rule(cfg)]
   out += _mesh(cfg, devices, processes, slices) if devices else []
-  if devices and not out:  # (the model's shapes exist once its own fields are sound)
-    out = rules.uneven_splits(shapes.abstract_variables(cfg.model), rules.logical_rules(cfg),
-                              _mesh_sizes(cfg, devices, slices))
-  return out
+  return out or (_splits(cfg, devices, slices) if devices else [])
 
 
-def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1) -> None:
-  """Raises UsageError naming every problem of `cfg`."""
-  found = problems(cfg, devices, processes, slices)
+def model_problems(cfg: ml_collections.ConfigDict, devices: int, slices: int = 1) -> list[str]:
+  """What a tool that runs a model without training it checks (generate, evaluate): the
+  model's fields, the mesh against the devices, and what the mesh splits."""
+  out = _model(cfg)
+  try:
+    _mesh_sizes(cfg, devices, slices)
+  except rules.MeshError as e:
+    out.append(str(e))
+  return out or _splits(cfg, devices, slices)
+
+
+def _splits(cfg: ml_collections.ConfigDict, devices: int, slices: int) -> list[str]:
+  # (the model's shapes exist once its own fields are sound)
+  return rules.uneven_splits(shapes.abstract_variables(cfg.model), rules.logical_rules(cfg),
+                             _mesh_sizes(cfg, devices, slices))
+
+
+def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1,
+          found: list[str] | None = None) -> None:
+  """Raises UsageError naming every problem of `cfg` (or the `found` ones, e.g. `model_problems`)."""
+  found = problems(cfg, devices, processes, slices) if found is None else found
   if found:
     raise UsageError(f"the config has {len(found)} problem{'s' if len(found) > 1 else ''}: " + "; ".join(found))

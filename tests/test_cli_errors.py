@@ -71,6 +71,8 @@ CASES = [  # (tool, arguments, exit code, what the error line names)
     ("data.synthetic", ["--images=-1", f"--out={OUT}"], 2, "--images=-1"),
     ("generate", ["--checkpoint=/nowhere/run", "--prompt=a cat", "--num_beams=0"], 2, "--num_beams=0"),
     ("evaluate", ["--checkpoint=/nowhere/run", "--task=cocoa", f"--out_dir={OUT}"], 2, "--task=cocoa"),
+    ("evaluate", ["--random_init", TINY, "--config.mesh.tensor=2", "--config.mesh.data=1", "--task=coco",
+                  f"--out_dir={OUT}"], 2, "mesh.tensor=2 needs 2 devices"),
     ("evaluate", ["--random_init", TINY, "--task=coco", "--shots=4", f"--out_dir={OUT}",
                   f"--eval_config=configs/eval_common.py:root={BAD}"], 1, "coco has 2 demonstrations"),
 ]

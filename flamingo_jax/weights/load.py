@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from flamingo_jax import paths, tree
+from flamingo_jax import config_check, paths, tree
 from flamingo_jax.data import tokenizer as tok_lib
 from flamingo_jax.models import layer_groups, rules, shapes
 from flamingo_jax.train import checkpoint as train_checkpoint
@@ -64,7 +64,10 @@ def load_model(path: str | None = None, *, config: ml_collections.ConfigDict | N
       raise ValueError("load_model needs a path (base checkpoint or training workdir)")
     stored, run = stored_config(path)
     cfg = effective_config(stored, config)
-  mesh = rules.make_mesh(cfg.mesh) if mesh is None else mesh
+  if mesh is None:  # the train CLI's rules for the model and its mesh, before anything is read
+    config_check.check(cfg, found=config_check.model_problems(cfg, jax.device_count(),
+                                                              len(rules.slices_of(jax.devices()))))
+    mesh = rules.make_mesh(cfg.mesh)
   rule_set = rules.logical_rules(cfg)
   if random_init:
     variables = init_variables(cfg, mesh, rule_set)

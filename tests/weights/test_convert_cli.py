@@ -18,6 +18,7 @@ from configs import tiny
 from flamingo_jax.models import shapes
 from flamingo_jax.weights import convert, names, orbax_io
 from flamingo_jax.weights import state_dict as sd_lib
+from tests.conftest import library_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKENIZER = os.path.join(REPO, "flamingo_jax", "assets", "tiny_tokenizer")
@@ -70,6 +71,7 @@ def test_import_then_export_then_errors(tmp_path):
   common = [f"--lm_dir={tmp_path / 'lm'}", f"--clip={tmp_path / 'clip.pt'}", f"--openflamingo={tmp_path / 'of.pt'}"]
   out = _run("import", f"--config={REPO}/configs/tiny.py", *common, f"--out={tmp_path / 'base'}")
   assert out.returncode == 0, out.stderr[-3000:]
+  assert not library_lines(out.stdout + out.stderr), library_lines(out.stdout + out.stderr)  # quiet
   config, _ = orbax_io.load_base_checkpoint(str(tmp_path / "base"))
   assert config.tokenizer_path == str(tmp_path / "lm")  # checked against the config, then recorded
 
