@@ -177,7 +177,8 @@ def evaluate_task(model: EvalModel, task_name: str, data: datasets.TaskData, sho
       _write_predictions(s, task_name, shots, seed, trial)
       scores.append(trial.score)
       if s.progress and jax.process_index() == 0:
-        print(f"{task_name} {shots}-shot seed {seed}: {trial.score}", flush=True)
+        score = "no score (predictions only)" if trial.score is None else f"{trial.score:.2f}"
+        print(f"{task_name} {shots}-shot seed {seed}: {score}", flush=True)
     valid = [x for x in scores if x is not None]
     results.append({"shots": shots, "trials": scores,
                     "mean": float(np.nanmean(valid)) if valid else None,

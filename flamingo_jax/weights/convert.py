@@ -284,6 +284,9 @@ def save_checkpoint_file(config: ml_collections.ConfigDict, variables: Any, path
     if fmt == "safetensors":
       from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
       st_numpy.save_file(sd, tmp, metadata={"format": "pt"})
+      umask = os.umask(0)
+      os.umask(umask)
+      os.chmod(tmp, 0o666 & ~umask)  # (its writer makes the file private; torch.save's is not)
     else:
       import torch  # pylint: disable=g-import-not-at-top
       torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp)
