@@ -7,6 +7,7 @@ passes SIGTERM to the running points (each saves and exits) and starts nothing n
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -74,6 +75,9 @@ class Job:
   log_path: str
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
 class Runner:
   """Runs jobs `parallel` at a time, with a progress line per point started and finished."""
 
@@ -124,7 +128,8 @@ class Runner:
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
     with open(job.log_path, "a") as log_file:  # the child keeps its own handle
       return subprocess.Popen(job.argv, env=job.env, stdout=log_file, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # Ctrl-C reaches the sweep, which passes SIGTERM on
+                              start_new_session=True,  # Ctrl-C reaches the sweep, which passes SIGTERM on
+                              preexec_fn=_terminate_with_parent)
 
   def _finished(self, job: Job, returncode: int, seconds: float) -> None:
     if returncode != 0:
@@ -138,3 +143,16 @@ class Runner:
     if not durations:
       return ""
     return f"; sweep ETA ~{sum(durations) / len(durations) * left / self.parallel / 60:.1f} min"
+
+
+def _terminate_with_parent() -> None:
+  """In a point's process before it runs: SIGTERM when the sweep dies, even by SIGKILL (Linux's
+  parent-death signal), so a point saves and exits as on a preemption instead of training on as
+  an orphan in its own session."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):  # not Linux: points outlive a killed sweep there
+    return
+  if os.getppid() == 1:  # the sweep died before the call: nobody will send it
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -153,3 +153,23 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   assert table.startswith("| point | seed | train.num_steps | status |") and table in text
   assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not library_lines(text), library_lines(text)  # the sweep's own lines only
+
+
+def test_a_killed_sweep_leaves_no_point_running(tmp_path, shards):
+  """SIGKILL to the sweep (no handler of its runs): the kernel sends its running point SIGTERM,
+  which saves a checkpoint and exits, instead of training on as an orphan in its own session."""
+  config, root = _config(tmp_path, shards, 'sweep.zipped({"train.num_steps": [500]})'), tmp_path / "sweep"
+  proc = _sweep(f"--config={config}", f"--workdir={root}")
+  log = root / "base" / "train.log"  # (one point: nothing varies in its name)
+  deadline = time.time() + 120
+  while time.time() < deadline and "step 3/500" not in (log.read_text() if log.exists() else ""):
+    time.sleep(0.5)
+  proc.kill()
+  proc.communicate(timeout=30)
+  deadline = time.time() + 90
+  while time.time() < deadline and "Preempted: checkpoint for step" not in log.read_text():
+    time.sleep(0.5)
+  assert "Preempted: checkpoint for step" in log.read_text(), log.read_text()[-2000:]
+  time.sleep(3)  # its exit after the save
+  alive = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+  assert not alive, f"processes still running in {root}: {alive}"
