@@ -7,6 +7,25 @@ import os
 MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
+COMPILE_CACHE_ENV = "FLAMINGO_JAX_COMPILE_CACHE"
+
+
+def use_compile_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache, so that a restarted job (a preemption, a second
+  `generate`) reads its compiled programs instead of compiling again. The directory: JAX's own
+  JAX_COMPILATION_CACHE_DIR if set, else FLAMINGO_JAX_COMPILE_CACHE (local or gs://; "0" turns
+  it off), else ~/.cache/flamingo_jax/xla. Returns it, or None when off."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  default = os.path.join(os.path.expanduser("~"), ".cache", "flamingo_jax", "xla")
+  directory = os.environ.get(COMPILE_CACHE_ENV, default)
+  if directory in ("", "0"):
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  return directory
+
+
 def start(backend: str) -> None:
   """Selects `backend` ('cpu', 'gpu' or 'tpu') and, on a multi-host job, joins it.
 
@@ -17,6 +36,7 @@ def start(backend: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if backend == "cpu":
     jax.config.update("jax_platforms", "cpu")
+  use_compile_cache()
   given = [k for k in MULTIHOST_ENV if os.environ.get(k)]
   if given:
     if len(given) < len(MULTIHOST_ENV):

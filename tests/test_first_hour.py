@@ -34,16 +34,18 @@ def commands(block: str) -> list[str]:
           if line.strip() and not line.strip().startswith("#")]
 
 
-def user_env() -> dict[str, str]:
-  """The test environment less what makes it a test machine (a user sets no JAX_PLATFORMS and
-  simulates no devices); the compile cache and -O0 stay, for speed."""
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS
+def user_env(home: str) -> dict[str, str]:
+  """The test environment less what makes it a test machine (a user sets no JAX_PLATFORMS,
+  simulates no devices and sets no JAX cache): the tools' own compilation cache is the clone's
+  (FLAMINGO_JAX_COMPILE_CACHE, as a user would point it); -O0 stays, for speed."""
+  drop = ("JAX_PLATFORMS", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+  env = {k: v for k, v in os.environ.items() if k not in drop}
+  env.update(XLA_FLAGS=TEST_XLA_FLAGS, FLAMINGO_JAX_COMPILE_CACHE=os.path.join(home, "xla_cache"))
   return env
 
 
 def _run(command: str, cwd: str) -> subprocess.CompletedProcess:
-  return subprocess.run(command, shell=True, cwd=cwd, env=user_env(), capture_output=True, text=True,
+  return subprocess.run(command, shell=True, cwd=cwd, env=user_env(cwd), capture_output=True, text=True,
                         timeout=600, executable="/bin/bash")
 
 
@@ -60,6 +62,7 @@ def newcomer(tmp_path_factory):
   assert not library_lines(proc.stdout + proc.stderr), library_lines(proc.stdout + proc.stderr)
   assert os.path.exists(home / "runs" / "shards" / "held_out")  # the globs followed the field
   assert not os.path.exists(home / "runs" / "synthetic_shards")
+  assert os.listdir(home / "xla_cache")  # the persistent compilation cache is on by default
   return str(home), proc.stdout
 
 

@@ -14,6 +14,7 @@ import sys
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
 from absl import app, flags
+from flamingo_jax import runtime
 import numpy as np
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Base checkpoint or training workdir.")
@@ -36,6 +37,7 @@ def main(argv):
   if n_media != len(_IMAGES.value):
     raise app.UsageError(f"The prompt has {n_media} <image> tokens but {len(_IMAGES.value)} --image files")
   images = [_read_image(p).convert("RGB") for p in _IMAGES.value]  # before any work
+  runtime.use_compile_cache()
   loaded = load.load_model(_CHECKPOINT.value, step=_STEP.value, tokenizer_path=_TOKENIZER.value)
   print(f"model: {loaded.source}", file=sys.stderr)
   tok, model_cfg = loaded.tokenizer, loaded.config.model
