@@ -100,9 +100,9 @@ def quiet_libraries() -> None:
   import logging  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
-  absl_logging.get_absl_handler().addFilter(_OurRecordsOnly())
-  if not any(isinstance(f, _OurRecordsOnly) for f in logging.getLogger().filters):
-    logging.getLogger().addFilter(_OurRecordsOnly())
+  for target in (absl_logging.get_absl_handler(), logging.getLogger()):
+    if not any(isinstance(f, _OurRecordsOnly) for f in target.filters):
+      target.addFilter(_OurRecordsOnly())
   _skip_absent_tpu()
 
 

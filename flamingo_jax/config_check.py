@@ -153,9 +153,16 @@ def _splits(cfg: ml_collections.ConfigDict, devices: int, slices: int) -> list[s
                              _mesh_sizes(cfg, devices, slices))
 
 
-def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1,
-          found: list[str] | None = None) -> None:
-  """Raises UsageError naming every problem of `cfg` (or the `found` ones, e.g. `model_problems`)."""
-  found = problems(cfg, devices, processes, slices) if found is None else found
+def check(cfg: ml_collections.ConfigDict, devices: int | None = None, processes: int = 1, slices: int = 1) -> None:
+  """Raises UsageError naming every problem of `cfg`."""
+  _raise(problems(cfg, devices, processes, slices))
+
+
+def check_model(cfg: ml_collections.ConfigDict, devices: int, slices: int = 1) -> None:
+  """Raises UsageError naming every `model_problems` of `cfg`."""
+  _raise(model_problems(cfg, devices, slices))
+
+
+def _raise(found: list[str]) -> None:
   if found:
     raise UsageError(f"the config has {len(found)} problem{'s' if len(found) > 1 else ''}: " + "; ".join(found))

@@ -14,10 +14,9 @@ model) and per-trial predictions into --out_dir. `--random_init` evaluates rando
 from __future__ import annotations
 
 import os
-import sys
 
 from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import configs

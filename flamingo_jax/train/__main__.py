@@ -23,7 +23,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
   cfg = _CONFIG.value
   runtime.start(cfg.backend)
   from flamingo_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -65,8 +65,7 @@ def load_model(path: str | None = None, *, config: ml_collections.ConfigDict | N
     stored, run = stored_config(path)
     cfg = effective_config(stored, config)
   if mesh is None:  # the train CLI's rules for the model and its mesh, before anything is read
-    config_check.check(cfg, found=config_check.model_problems(cfg, jax.device_count(),
-                                                              len(rules.slices_of(jax.devices()))))
+    config_check.check_model(cfg, jax.device_count(), len(rules.slices_of(jax.devices())))
     mesh = rules.make_mesh(cfg.mesh)
   rule_set = rules.logical_rules(cfg)
   if random_init:
