@@ -5,7 +5,7 @@
     sys.exit(cli.guard(main, argv))     # any other entry point
 
 A known problem prints one line, `error: …`, naming the field, file or key, and exits non-zero:
-2 for usage and config (`UsageError`, a bad override, sweep or plan), 1 at run time (a missing or
+2 for usage and config (`errors.UsageError` and its kinds: a bad override, sweep or plan), 1 at run time (a missing or
 unreadable file, a checkpoint that does not match, bad data, a non-finite loss, or a ValueError
 that our own code raised with its message). Anything else is a bug and shows its traceback, as
 does every error with `--verbose` (any absl tool) or FLAMINGO_JAX_TRACEBACK=1.
@@ -23,6 +23,9 @@ import sys
 import traceback
 from typing import Callable
 
+from flamingo_jax import errors
+from flamingo_jax.errors import UsageError  # noqa: F401 (tools raise cli.UsageError)
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _CONFIGS = os.path.join(os.path.dirname(_PACKAGE), "configs")
 
@@ -35,20 +38,8 @@ if not VERBOSE:
   os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-class UsageError(ValueError):
-  """A bad command line or config value: exit 2 with one `error:` line."""
-
-
-def _usage_errors() -> tuple[type, ...]:
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from flamingo_jax import overrides  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.plan.core import PlanError  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.sweep.points import SweepError  # pylint: disable=g-import-not-at-top
-  return UsageError, app.UsageError, overrides.OverrideError, PlanError, SweepError
-
-
 # OSError: a missing, unreadable or unwritable file or directory (the message names it), an image
-# PIL cannot identify; FloatingPointError: train's NonFiniteError.
+# PIL cannot identify; FloatingPointError: a non-finite value.
 _RUNTIME_ERRORS = (OSError, FloatingPointError)
 
 
@@ -63,14 +54,14 @@ def _raised_by_us(error: BaseException) -> bool:
 
 
 def exit_code(error: BaseException) -> int | None:
-  """2 (usage or config), 1 (a known problem at run time) or None (a bug: show the traceback)."""
-  if isinstance(error, _usage_errors()):
+  """2 (usage or config), 1 (a known problem at run time) or None (a bug: show the traceback).
+  Our own error classes carry their code (flamingo_jax/errors.py)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if isinstance(error, errors.KnownError):
+    return error.exit_code
+  if isinstance(error, app.UsageError):
     return 2
   if isinstance(error, _RUNTIME_ERRORS):
-    return 1
-  from flamingo_jax.weights.readers import UnreadableCheckpointError  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.weights.state_dict import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
-  if isinstance(error, (CheckpointMismatchError, UnreadableCheckpointError)):
     return 1
   if isinstance(error, (ValueError, KeyError, TypeError)) and _raised_by_us(error):
     return 1

@@ -2,7 +2,7 @@
 workdir), every problem at once, each naming its field and what would be valid.
 
   problems(cfg)              # -> ["model.xattn.every_n_layers=5 > model.lm.num_layers=2: ...", ...]
-  check(cfg)                 # raises cli.UsageError listing them (exit 2 in the CLIs)
+  check(cfg)                 # raises errors.UsageError listing them (exit 2 in the CLIs)
   check(cfg, devices=8, processes=1, slices=1)   # also the mesh and the batch splits
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import ml_collections
 
-from flamingo_jax.cli import UsageError
+from flamingo_jax.errors import UsageError
 from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.models import families, rules, shapes
 

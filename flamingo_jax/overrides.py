@@ -10,8 +10,10 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from flamingo_jax.errors import UsageError
 
-class OverrideError(ValueError):
+
+class OverrideError(UsageError):
   """An override naming a field the config does not have, or a value of the wrong type."""
 
 

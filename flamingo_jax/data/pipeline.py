@@ -27,6 +27,7 @@ from flamingo_jax.data.skips import Skip, SkipCounter
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
 from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import special_ids
+from flamingo_jax.errors import DataStateError
 
 __all__ = ["DATASETS", "Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
            "validation_batches", "ensure_synthetic_shards", "first_batches", "local_source", "training_order"]
@@ -259,7 +260,7 @@ class CountingIterator(grain.DatasetIterator):
     """
     if "parent" in inner and "next_index_in_buffer" not in inner:
       if set(inner) != {"parent", "index_for_rng"}:
-        raise ValueError(f"{OLD_DATA_STATE}: it has no position in its current chunk "
+        raise DataStateError(f"{OLD_DATA_STATE}: it has no position in its current chunk "
                          f"({sorted(inner)}); start a new workdir")
       # LAION's batch flips (a random_map after batching) wrap the sample-level state.
       return {**inner, "parent": self._chunked(inner["parent"], saved_chunk)}
@@ -284,16 +285,16 @@ def elements_read(state: dict) -> int:
   if set(state) == {"next_index"}:
     return int(state["next_index"])
   if "workers_state" not in state:
-    raise ValueError(f"{OLD_DATA_STATE}, in a layout this version does not know ({sorted(state)}); "
+    raise DataStateError(f"{OLD_DATA_STATE}, in a layout this version does not know ({sorted(state)}); "
                      "resume it with the flamingo_jax that wrote it, or start a new workdir")
   try:
     counts = [int(state["workers_state"][w]["next_index"]) + int(state["iterations_to_skip"][w])
               for w in sorted(state["workers_state"], key=int)]
   except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(f"{OLD_DATA_STATE}: its worker-process position is unreadable ({e!r}); start a "
+    raise DataStateError(f"{OLD_DATA_STATE}: its worker-process position is unreadable ({e!r}); start a "
                      "new workdir") from None
   if not counts or any(b > a for a, b in zip(counts, counts[1:])) or counts[0] - counts[-1] > 1:
-    raise ValueError(f"{OLD_DATA_STATE}: its workers' positions {counts} are not in turn; start a "
+    raise DataStateError(f"{OLD_DATA_STATE}: its workers' positions {counts} are not in turn; start a "
                      "new workdir")
   return sum(counts)
 

@@ -13,47 +13,16 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
 
 import numpy as np
 
+from flamingo_jax.evaluate.examples import CaptionExample, ClassificationExample, TaskData, VQAExample
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 HATEFUL_MEMES_CLASSES = ("no", "yes")
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionExample:
-  image_path: str
-  caption: str              # the demonstration caption: sentences[0].raw
-  image_id: Any             # cocoid (COCO) or the file name without extension (Flickr30K)
-  references: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class VQAExample:
-  image_path: str
-  question: str
-  question_id: Any
-  answers: tuple[dict, ...] | None  # annotation records ({"answer", ...}); None without annotations
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassificationExample:
-  image_path: str
-  label: int                # class index
-  id: Any
-  text: str | None = None   # HatefulMemes' OCR text
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskData:
-  """A task's demonstration pool and test split."""
-  train: list
-  test: list
-  class_names: tuple[str, ...] = ()
 
 
 def _load_json(path: str) -> Any:

@@ -10,6 +10,7 @@ from typing import Sequence
 import jax
 import ml_collections
 
+from flamingo_jax import errors
 from flamingo_jax.evaluate import datasets, prompts, report, tasks
 from flamingo_jax.evaluate.inference import EvalModel
 
@@ -49,12 +50,11 @@ def parse_ints(text: str | Sequence[int]) -> list[int]:
 
 def check_request(task_names: Sequence[str], shots: Sequence[int]) -> None:
   """Task names and shot counts a run can use, before any work (usage errors)."""
-  from flamingo_jax import cli  # pylint: disable=g-import-not-at-top
   unknown = [n for n in task_names if n not in prompts.TASKS]
   if unknown:
-    raise cli.UsageError(f"--task={unknown[0]}: unknown task; known: {', '.join(prompts.TASKS)}")
+    raise errors.UsageError(f"--task={unknown[0]}: unknown task; known: {', '.join(prompts.TASKS)}")
   if not shots or min(shots) < 0:
-    raise cli.UsageError(f"--shots={','.join(map(str, shots))}: shot counts must be whole numbers >= 0")
+    raise errors.UsageError(f"--shots={','.join(map(str, shots))}: shot counts must be whole numbers >= 0")
 
 
 def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Sequence[str],

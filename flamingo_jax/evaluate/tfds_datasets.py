@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from flamingo_jax.evaluate.datasets import CaptionExample, ClassificationExample, TaskData
+from flamingo_jax.evaluate.examples import CaptionExample, ClassificationExample, TaskData
 
 # The Karpathy splits used: demonstrations from "train" (not "restval", as the reference).
 COCO_SPLITS = {"train": "train", "test": "test"}

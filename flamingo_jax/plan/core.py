@@ -21,6 +21,7 @@ import numpy as np
 
 from flamingo_jax import chips as chips_lib, config_check
 from flamingo_jax.data import batch as batch_lib
+from flamingo_jax.errors import UsageError
 from flamingo_jax.models import flops as flops_lib, rules
 from flamingo_jax.plan import cache as plan_cache, comm
 from flamingo_jax.train import image_buffers, metrics, optimizer, state as state_lib, step as step_lib
@@ -32,7 +33,7 @@ TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 _HOST_ACCELERATOR = {"v4": "v4-8", "v5e": "v5litepod-4", "v5p": "v5p-8", "v6e": "v6e-4"}
 
 
-class PlanError(ValueError):
+class PlanError(UsageError):
   """A plan that cannot be made (bad topology, impossible mesh): one line for the user."""
 
 

@@ -18,9 +18,10 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from flamingo_jax import overrides as overrides_lib
+from flamingo_jax.errors import UsageError
 
 
-class SweepError(ValueError):
+class SweepError(UsageError):
   """A sweep that cannot run (no get_sweep, a bad point): one line for the user."""
 
 

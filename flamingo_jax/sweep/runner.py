@@ -19,7 +19,7 @@ from typing import Callable
 
 from etils import epath
 
-from flamingo_jax import overrides as overrides_lib, paths
+from flamingo_jax import overrides as overrides_lib, paths, workdir
 from flamingo_jax.sweep.points import Point
 
 SWEEP_FILE = "sweep.json"  # at the root: the config and the points, in order
@@ -46,11 +46,8 @@ def record(root: str, config_arg: str, points: list[Point]) -> None:
 
 
 def steps_done(directory: epath.Path) -> int:
-  """The latest checkpointed step in a point's workdir (0: none)."""
-  checkpoints = directory / "checkpoints"
-  if not checkpoints.is_dir():
-    return 0
-  return max((int(c.name) for c in checkpoints.iterdir() if c.name.isdigit()), default=0)
+  """The latest step Orbax has finalised in a point's workdir (0: none)."""
+  return max(workdir.saved_steps(str(directory)), default=0)
 
 
 def train_command(config_arg: str, root: str, point: Point, base_flags: list[str]) -> list[str]:

@@ -6,37 +6,24 @@ The frozen weights are not saved here: they come from the base checkpoint (or th
 
 Each dataset's iterator is an item of its own, written by Grain's Orbax handler: one JSON file
 per JAX process (`data_laion/process_1-of-4.json`), since every host reads its own part of the
-data and so has its own position in it.
+data and so has its own position in it. The workdir's layout, and reading a run's weights without
+the trainer, are `flamingo_jax/workdir.py`'s.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grain
 import jax
-import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from flamingo_jax import paths, tree
-from flamingo_jax.data.pipeline import OLD_DATA_STATE
+from flamingo_jax import errors, paths, workdir as workdir_lib
+from flamingo_jax.workdir import DAMAGED, data_item  # noqa: F401 (the format's names, used here)
 
 # Orbax's words for a stored tree other than the one asked for: another layout, not damage.
 STRUCTURE_MISMATCH = ("Structure mismatch", "tree structures do not match")
-# Errors that say a step belongs to another kind of job, not that it is damaged.
-NOT_DAMAGE = ("different number of processes", OLD_DATA_STATE)
-
-# The run's whole config, written by training into its workdir: what a tool reading the workdir
-# needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
-RUN_CONFIG = "train_config.json"
-
-
-def data_item(name: str) -> str:
-  """The checkpoint item that holds dataset `name`'s iterator state."""
-  return f"data_{name}"
 
 
 class Checkpointer:
@@ -44,7 +31,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, data_names: tuple[str, ...] = (), asynchronous: bool = True,
                create: bool = True):
-    self.directory = epath.Path(paths.resolve(workdir)) / "checkpoints"
+    self.directory = workdir_lib.checkpoint_dir(workdir)
     if not create and not self.directory.is_dir():
       raise FileNotFoundError(f"No training checkpoints in {paths.resolve(workdir)}")
     self.data_names = tuple(data_names)
@@ -52,7 +39,7 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                              enable_async_checkpointing=asynchronous),
-        item_names=("state",) + tuple(map(data_item, self.data_names)))
+        item_names=(workdir_lib.STATE_ITEM,) + tuple(map(data_item, self.data_names)))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -75,7 +62,7 @@ class Checkpointer:
           **{data_item(n): grain.checkpoint.CheckpointRestore(it) for n, it in iterators.items()}))
     except ValueError as e:
       if "process_" in str(e):  # Grain names the per-process file it did not find.
-        raise ValueError(f"The data positions in {self.directory / str(step)} were written by a "
+        raise errors.DataStateError(f"The data positions in {self.directory / str(step)} were written by a "
                          f"different number of processes than this job's {jax.process_count()}: {e}") from e
       raise
     return out["state"]
@@ -92,7 +79,7 @@ class Checkpointer:
       try:
         return step, self.restore(step, abstract_state, iterators)
       except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own errors)
-        if any(m in str(e) for m in NOT_DAMAGE):
+        if errors.caused_by(e, errors.DataStateError):
           raise  # a job of another shape or version, not damage
         if any(m in str(e) for m in STRUCTURE_MISMATCH):  # the stored tree is not the one this run builds
           raise ValueError(f"checkpoint step {step} in {self.directory} holds a state of another layout than "
@@ -131,9 +118,6 @@ class Checkpointer:
     self.manager.close()
 
 
-DAMAGED = "damaged"  # checkpoints that did not restore, kept for a person to look at
-
-
 def _first_line(error: BaseException) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
@@ -159,38 +143,3 @@ def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a tree of arrays, for restore."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-
-
-def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Records the run's config in its workdir (local or gs://); process 0 only."""
-  if jax.process_index() == 0:
-    directory = epath.Path(paths.resolve(workdir))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
-
-
-def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
-  """The config a training run recorded in `workdir`, or None if it is not a training workdir."""
-  path = epath.Path(paths.resolve(workdir)) / RUN_CONFIG
-  return ml_collections.ConfigDict(json.loads(path.read_text())) if path.exists() else None
-
-
-def restore_trainable(workdir: str, step: int | None = None) -> tuple[int, dict]:
-  """(step, trainable params) of a run's checkpoint `step` (default: the latest), as numpy on
-  this host whatever mesh wrote them, in the layout the run used; not the optimizer state."""
-  ckpt = Checkpointer(workdir, keep=1, create=False)
-  steps = ckpt.manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"No training checkpoint in {ckpt.directory}")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt.directory}; steps: "
-                            f"{', '.join(map(str, sorted(steps)))}")
-  state_dir = str(ckpt.directory / str(step) / "state")
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    stored = checkpointer.metadata(state_dir).item_metadata.tree["params"]
-    item = {"params": tree.map_leaves(lambda m: np.zeros((), m.dtype), stored)}
-    args = {"params": tree.map_leaves(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)}
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=args, partial_restore=True))
-  return step, state["params"]

@@ -16,7 +16,6 @@ import tempfile
 import time
 from typing import Any
 
-import flax.linen as nn
 import grain
 import jax
 import ml_collections
@@ -24,13 +23,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from flamingo_jax import config_check, paths
+from flamingo_jax import config_check, paths, workdir as workdir_lib
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.models import rules
 from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, prefetch, step as step_lib
 from flamingo_jax.train import state as state_lib, validation as validation_lib
 from flamingo_jax.train.state import TrainState
-from flamingo_jax.train.step import NonFiniteError, NonFinitePolicy  # noqa: F401 (re-exported)
+from flamingo_jax.errors import NonFiniteError  # noqa: F401 (re-exported)
+from flamingo_jax.train.step import NonFinitePolicy
 from flamingo_jax.weights import load
 
 
@@ -122,11 +122,11 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
     state = restored
     print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
   non_finite = NonFinitePolicy.from_config(cfg.train)
-  recorded = checkpoint.read_run_config(workdir) if start is not None else None
+  recorded = workdir_lib.read_run_config(workdir) if start is not None else None
   packing = image_buffers.plan(cfg.data, iters, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
                                recorded and {n: recorded.data[n].get("image_buffer", 0) for n in iters})
   cfg = _with_image_buffers(cfg, image_buffers.resolved(cfg.data, packing))
-  checkpoint.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
+  workdir_lib.write_run_config(workdir, cfg)  # local or gs://: what generate/evaluate/export read
   for name, p in packing.items():
     if p:
       print(f"{name}: the vision tower runs on {p[0] * p[1]} images per batch (data.{name}.image_buffer; "

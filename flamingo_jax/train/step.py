@@ -15,6 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flamingo_jax.data import image_preprocess
+from flamingo_jax.errors import NonFiniteError
 from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.train import optimizer
@@ -36,11 +37,6 @@ def gate_values(params) -> dict[str, jax.Array]:
       out[f"gates/attn_gate/{block}"] = jnp.tanh(p["attn_gate"][0])
       out[f"gates/ff_gate/{block}"] = jnp.tanh(p["ff_gate"][0])
   return out
-
-
-class NonFiniteError(FloatingPointError):
-  """A non-finite loss, gradient or updated state; raised before anything of that step is
-  checkpointed."""
 
 
 @dataclasses.dataclass

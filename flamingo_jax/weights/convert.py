@@ -25,7 +25,7 @@ import numpy as np
 
 from flamingo_jax.models import families, layer_groups, shapes
 from flamingo_jax.weights import names, orbax_io, readers
-from flamingo_jax import tree
+from flamingo_jax import tree, workdir
 from flamingo_jax.weights.state_dict import (CheckpointMismatchError, special_rows_from_table,
                                              table_with_special_rows)
 
@@ -344,13 +344,12 @@ def export_checkpoint(source: str, out: str, *, train_workdir: str | None = None
   weights from that run instead (its step `step`), the rest from `source`. Reads only the
   trainable parts and the LM's embedding tables from a base checkpoint. Returns what was exported.
   """
-  from flamingo_jax.train import checkpoint as train_checkpoint  # pylint: disable=g-import-not-at-top
   from flamingo_jax.weights import load  # pylint: disable=g-import-not-at-top
   config, is_run = load.stored_config(source)
   variables, what = load.read_variables(source, config, is_run, None if train_workdir else step,
                                         select=_export_select)
   if train_workdir:
-    step, variables["params"] = train_checkpoint.restore_trainable(train_workdir, step)
+    step, variables["params"] = workdir.restore_trainable(train_workdir, step)
     what = f"step {step} of {train_workdir} (frozen tables from {what})"
   save_checkpoint_file(config, variables, out, neox_head_name, export_format(out, fmt))
   return what

@@ -30,10 +30,9 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from flamingo_jax import config_check, paths, tree
+from flamingo_jax import config_check, paths, tree, workdir
 from flamingo_jax.data import tokenizer as tok_lib
 from flamingo_jax.models import layer_groups, rules, shapes
-from flamingo_jax.train import checkpoint as train_checkpoint
 from flamingo_jax.weights import orbax_io
 
 # Model fields that say how to run the model, not what it is: a config may change them.
@@ -85,10 +84,10 @@ def stored_config(path: str) -> tuple[ml_collections.ConfigDict, bool]:
   checkpoint); read without JAX."""
   if (epath.Path(paths.resolve(path)) / "config.json").exists():
     return orbax_io.load_config(path), False
-  run = train_checkpoint.read_run_config(path)
+  run = workdir.read_run_config(path)
   if run is None:
     raise FileNotFoundError(f"Not a flamingo_jax base checkpoint (no config.json) nor a training "
-                            f"workdir (no {train_checkpoint.RUN_CONFIG}): {paths.resolve(path)}")
+                            f"workdir (no {workdir.RUN_CONFIG}): {paths.resolve(path)}")
   return run, True
 
 
@@ -102,7 +101,7 @@ def read_variables(path: str, stored: ml_collections.ConfigDict, is_run: bool, s
       raise ValueError(f"{path} is a base checkpoint: it has no steps (step is for training workdirs)")
     _, variables = orbax_io.load_base_checkpoint(path, select=select, dtypes=dtypes_)
     return variables, f"base checkpoint {paths.resolve(path)}"
-  step, params = train_checkpoint.restore_trainable(path, step)
+  step, params = workdir.restore_trainable(path, step)
   frozen = initial_frozen(stored, (dtypes_ or {}).get("frozen"), select)  # unrolled, maybe partial
   params = layer_groups.to_layout({"params": params}, stored.model, False)["params"]
   return {"params": params, "frozen": frozen}, f"step {step} of {paths.resolve(path)}"

@@ -21,9 +21,7 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-
-class UnreadableCheckpointError(IOError):
-  """A weights file or directory that cannot be read; the message names it."""
+from flamingo_jax.errors import UnreadableCheckpointError
 
 
 def _to_numpy(tensor) -> np.ndarray:

@@ -9,13 +9,10 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax import tree
+from flamingo_jax.errors import CheckpointMismatchError
 from flamingo_jax.models import layer_groups
 from flamingo_jax.weights import names
 from flamingo_jax.weights.names import Entry
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint's keys or shapes do not match the model config."""
 
 
 # Names that differ between checkpoint vintages: transformers >= 5 calls GPT-NeoX's `embed_out`

@@ -26,7 +26,7 @@ import msgpack
 from etils import epath
 
 from flamingo_jax.data.tar_source import ShardError
-from flamingo_jax.paths import is_remote, resolve
+from flamingo_jax.paths import is_remote
 
 SUFFIX = ".array_record"
 
@@ -137,25 +137,3 @@ def convert(shards: Sequence[str], out_dir: str, overwrite: bool = False,
     counts["samples"] += n
     counts["unreadable_samples"] += bad
   return counts
-
-
-def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.data.shards import expand_shards  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  shards = expand_shards(f.shards)
-  counts = convert(shards, f.out_dir, overwrite=f.overwrite)
-  print(f"{counts['shards']} shards converted ({counts['already_converted']} already there), "
-        f"{counts['samples']} samples ({counts['unreadable_samples']} unreadable, kept as skips) "
-        f"-> {resolve(f.out_dir)}")
-
-
-if __name__ == "__main__":
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from flamingo_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("shards", None, "WebDataset tar shards: globs, {000..099} ranges, comma lists.",
-                      required=True)
-  flags.DEFINE_string("out_dir", None, "Directory for the .array_record files.", required=True)
-  flags.DEFINE_bool("overwrite", False, "Convert shards whose output already exists again.")
-  cli.run(main)
