@@ -28,7 +28,7 @@ import psutil
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import data as data_config  # noqa: E402
-from flamingo_jax.data import pipeline, synthetic, tokenizer  # noqa: E402
+from flamingo_jax.data import batch as batch_lib, pipeline, synthetic, tokenizer  # noqa: E402
 from oracle import reference_train_code  # noqa: E402
 
 TOKENIZER = os.path.join(os.path.dirname(tokenizer.__file__), "..", "assets", "tiny_tokenizer")
@@ -112,7 +112,7 @@ def main() -> None:
     cfg.mmc4.update(shards=",".join(paths["mmc4"]), batch_size=8)
     print(f"{os.cpu_count()} CPUs, {a.image_size} px, {shards}x{a.samples_per_shard} samples per dataset, "
           f"{a.rounds} rounds of {a.batches} batches", flush=True)
-    runs = [(name, loader, w) for name in pipeline.DATASETS
+    runs = [(name, loader, w) for name in batch_lib.mixture(cfg)
             for loader, counts in (("flamingo_jax", {0, 1, a.workers}), ("open_flamingo", {1, a.workers}))
             for w in sorted(counts)]
     got = {run: [] for run in runs}

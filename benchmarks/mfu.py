@@ -54,7 +54,7 @@ def random_batches(cfg, rng: np.random.Generator, real: tuple[int, int] | None =
   """Batches of the config's shapes as the pipeline makes them (uint8 pixels, one <image> token per
   real image, labels -100 on it); MMC4 rows hold `real` = (min, max) real images, else every slot."""
   out = {}
-  for name in batch_lib.DATASETS:
+  for name in batch_lib.mixture(cfg.data):
     shapes = batch_lib.batch_shapes(name, cfg.data)
     (b, t, *_), length = shapes["images"][0], shapes["input_ids"][0][1]
     lo, hi = real if (real and name == "mmc4") else (t, t)
@@ -74,7 +74,7 @@ def random_batches(cfg, rng: np.random.Generator, real: tuple[int, int] | None =
 def packing_for(cfg, batches: dict, groups: int) -> dict:
   """The packing a run would derive for these batches: each device's buffer holds its most real
   images (no margin: the batches are fixed)."""
-  out = {name: None for name in batch_lib.DATASETS}
+  out = {name: None for name in batch_lib.mixture(cfg.data)}
   mask = batches["mmc4"]["image_mask"]
   most = int(image_buffers.per_group_counts(mask, groups).max())
   if most < mask.size // groups and cfg.data.mmc4.batch_size % groups == 0:

@@ -137,10 +137,10 @@ def ours_runner(args, cfg, variables, batches):
   frozen = jax.device_put(load.cast(variables, cfg.model)["frozen"])
   mask = batches["mmc4"]["image_mask"]  # one device: one group; all real -> nothing to pack
   packing = {"mmc4": None if args.no_packing or mask.all() else (1, int(mask.sum()))}
-  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, packing=packing), donate_argnums=0)
+  step = jax.jit(step_lib.make_train_step(cfg, packing=packing), donate_argnums=0)
   device_batches = jax.device_put(batches)
   flops = metrics.jaxpr_matmul_flops(step.trace(state, frozen, device_batches).jaxpr)
-  every_slot = metrics.jaxpr_matmul_flops(jax.jit(step_lib.make_train_step(cfg.model, cfg.optim)).trace(
+  every_slot = metrics.jaxpr_matmul_flops(jax.jit(step_lib.make_train_step(cfg)).trace(
       state, frozen, device_batches).jaxpr)
   compiled = step.lower(state, frozen, device_batches).compile()
   box = {"state": state}

@@ -3,35 +3,34 @@ from __future__ import annotations
 
 import ml_collections
 
+from flamingo_jax.data import kinds
+
 
 def get_data_config(image_size: int = 224, tiny: bool = False) -> ml_collections.ConfigDict:
-  """LAION pairs and MMC4 documents; LAION's batch is twice MMC4's, as OpenFlamingo trains.
+  """LAION pairs and MMC4 documents; LAION's batch is twice MMC4's and its loss weighs 0.2, as
+  OpenFlamingo trains.
 
-  `tiny=True` reads the synthetic shards (written on first use to `synthetic_dir`) with small
-  batches and lengths, and no flips: the synthetic captions say "left" and "right".
+  `mixture` names the datasets a step reads, in order; each has a block of its kind's fields
+  (flamingo_jax/data/kinds.py): add your own with `c.data.<name> = kinds.dataset(kind, ...)` and
+  its name in `mixture` (docs/data.md). `tiny=True` reads the synthetic shards (written on first
+  use to `synthetic_dir`) with small batches and lengths, and no flips: the synthetic captions say
+  "left" and "right".
   """
   c = ml_collections.ConfigDict()
   c.image_size = image_size
-  c.seed = 42
+  c.seed = 42             # dataset i of the mixture shuffles and draws with seed + i
   c.workers = 4           # preprocessing processes per host (0: threads of this process only)
   c.read_threads = 8      # reader/preprocessing threads in each process
-  c.random_flip = True    # as the reference: p=0.5 per LAION batch, per MMC4 document
+  c.random_flip = True    # as the reference: p=0.5 per batch of pairs, per document
   c.max_skip_ratio = 0.9  # of recent samples; more skipped than this is an error, not a hang
   c.synthetic_dir = ""    # if set and it holds no shards, synthetic shards are written there first
+  c.mixture = "laion,mmc4"
   # Shards: comma-separated globs, `{00000..01023}` ranges or paths; local or gs://; WebDataset
   # .tar or their .array_record conversions (python -m flamingo_jax.data.array_record).
   # validation_shards: held-out shards of the same format, never trained on: the periodic
-  # validation loss (train.validate_every) and, for LAION, the real-vs-blank-image check at the end.
-  # image_buffer: images per batch the vision tower runs on (flamingo_jax/train/image_buffers.py):
-  # 0 derived from the data, -1 every slot (as OpenFlamingo), N that many real images.
-  c.laion = ml_collections.ConfigDict(dict(shards="", validation_shards="", batch_size=64, max_tokens=32,
-                                           image_buffer=0))
-  c.mmc4 = ml_collections.ConfigDict(dict(
-      shards="", validation_shards="", batch_size=32, max_tokens=256, max_images=6, image_buffer=0,
-      sim_threshold=0.24,      # OpenFlamingo README's value; its CLI default (30) drops all
-      min_images=1,
-      min_image_bytes=11_000,  # the reference skips images with len(bytes) // 1000 <= 10
-      matching="argmax"))      # 'argmax' (released models, <= 2.0.1) | 'one_to_one' (main)
+  # validation loss (train.validate_every) and, for pairs, the real-vs-blank-image check at the end.
+  c.laion = kinds.dataset("pairs", batch_size=64, max_tokens=32, loss_weight=0.2)
+  c.mmc4 = kinds.dataset("documents", batch_size=32, max_tokens=256, loss_weight=1.0)
   if tiny:
     c.image_size = 64
     c.synthetic_dir = "runs/synthetic_shards"

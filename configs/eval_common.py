@@ -5,63 +5,21 @@
 
 `get_config("root=/data")` fills every dataset path with the layout of OpenFlamingo's
 run_eval.sh under /data (mscoco_karpathy/, vqav2/, flickr30k/, okvqa/, textvqa/, vizwiz/,
-hateful_memes/, imagenet/); any path can still be overridden with --eval_config.data.<task>.<field>.
+hateful_memes/, imagenet/; each task's record in flamingo_jax/evaluate/catalog.py says where); any
+path can still be overridden with --eval_config.data.<task>.<field>. COCO and ImageNet may be read
+through tensorflow-datasets instead (tfds_name "coco_captions/2014" or "imagenet2012").
 """
 from __future__ import annotations
-
-import os
 
 import ml_collections
 
 from configs import common
-
-
-def _tfds_fields() -> dict:
-  # Read the task through tensorflow-datasets instead of files: tfds_name "coco_captions/2014" or
-  # "imagenet2012" (prepared under tfds_data_dir, "" = TFDS's default); images are written out
-  # once under tfds_image_dir. The file paths of the section are then unused.
-  return dict(tfds_name="", tfds_data_dir="", tfds_image_dir="")
+from flamingo_jax.evaluate import catalog
 
 
 def _data_config(root: str) -> ml_collections.ConfigDict:
-  j = lambda *p: os.path.join(root, *p) if root else ""
-  d = ml_collections.ConfigDict()
-  d.coco = dict(  # Karpathy split; CIDEr references from captions_val2014.json, as the reference
-      karpathy_json=j("mscoco_karpathy", "dataset_coco.json"),
-      train_image_dir=j("mscoco_karpathy", "train2014"),
-      val_image_dir=j("mscoco_karpathy", "val2014"),
-      annotations_json=j("mscoco_karpathy", "annotations", "captions_val2014.json"),
-      **_tfds_fields())
-  d.flickr30 = dict(
-      karpathy_json=j("flickr30k", "dataset_flickr30k.json"),
-      image_dir=j("flickr30k", "flickr30k-images"),
-      annotations_json=j("flickr30k", "dataset_flickr30k_coco_style.json"))
-  vqa_files = {  # task: (dir, train questions, train annotations, test questions, test annotations,
-                 #        train image dir, test image dir)
-      "vqav2": ("vqav2", "v2_OpenEnded_mscoco_train2014_questions.json",
-                "v2_mscoco_train2014_annotations.json", "v2_OpenEnded_mscoco_val2014_questions.json",
-                "v2_mscoco_val2014_annotations.json", "train2014", "val2014"),
-      "ok_vqa": ("okvqa", "OpenEnded_mscoco_train2014_questions.json",
-                 "mscoco_train2014_annotations.json", "OpenEnded_mscoco_val2014_questions.json",
-                 "mscoco_val2014_annotations.json", "train2014", "val2014"),
-      "textvqa": ("textvqa", "train_questions_vqa_format.json", "train_annotations_vqa_format.json",
-                  "val_questions_vqa_format.json", "val_annotations_vqa_format.json",
-                  "train_images", "train_images"),
-      "vizwiz": ("vizwiz", "train_questions_vqa_format.json", "train_annotations_vqa_format.json",
-                 "val_questions_vqa_format.json", "val_annotations_vqa_format.json", "train", "val"),
-  }
-  for task, (sub, tq, ta, vq, va, tdir, vdir) in vqa_files.items():
-    d[task] = dict(train_questions=j(sub, tq), train_annotations=j(sub, ta),
-                   test_questions=j(sub, vq),
-                   test_annotations=j(sub, va),  # "" for test-dev: predictions only, no score
-                   train_image_dir=j(sub, tdir), test_image_dir=j(sub, vdir))
-  d.hateful_memes = dict(image_dir=j("hateful_memes", "img"),
-                         train_jsonl=j("hateful_memes", "train.json"),
-                         test_jsonl=j("hateful_memes", "dev.json"))
-  d.imagenet = dict(root=j("imagenet"),  # ImageFolder train/ and val/
-                    class_names="",      # JSON list; "" = the 1000 names OpenFlamingo uses
-                    **_tfds_fields())
-  return d
+  """One section per task, from its record's files (flamingo_jax/evaluate/catalog.py)."""
+  return ml_collections.ConfigDict({name: catalog.data_section(task, root) for name, task in catalog.TASKS.items()})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,8 +9,7 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=1875, schedule="constant", total_steps=0,
-      weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
-      loss_multiplier_mmc4=1.0, loss_multiplier_laion=0.2))
+      weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(num_steps=100_000, log_every=100,
                                           check_finite_every=1,   # 0: never (no host sync)
                                           # A non-finite loss or gradient: "stop" the run, or

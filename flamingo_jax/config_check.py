@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from flamingo_jax.errors import UsageError
-from flamingo_jax.data.batch import DATASETS
+from flamingo_jax.data import batch as batch_lib, kinds
 from flamingo_jax.models import families, rules, shapes
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -51,31 +51,67 @@ def _model(cfg: ml_collections.ConfigDict) -> list[str]:
   return out
 
 
+def _mixture(data_cfg: ml_collections.ConfigDict) -> list[str]:
+  """The mixture's names: no name twice, each a block of a known kind with every field of it."""
+  names = batch_lib.mixture(data_cfg)
+  if not names:
+    return [f"data.mixture={data_cfg.mixture!r}: names no dataset (e.g. 'laion,mmc4')"]
+  out = [f"data.mixture={data_cfg.mixture!r} names a dataset twice"] if len(set(names)) < len(names) else []
+  return out + [p for name in dict.fromkeys(names) for p in _block_problems(name, data_cfg)]
+
+
+def _block_problems(name: str, data_cfg: ml_collections.ConfigDict) -> list[str]:
+  block = data_cfg.get(name)
+  if not isinstance(block, ml_collections.ConfigDict) or "kind" not in block:
+    return [f"data.mixture names {name!r}, but the config has no dataset block data.{name} "
+            "(flamingo_jax.data.kinds.dataset(kind, ...))"]
+  if block.kind not in kinds.KINDS:
+    return [f"data.{name}.kind={block.kind!r}: expected one of {', '.join(kinds.KINDS)}"]
+  return [f"data.{name} has no field {f!r} (a {block.kind} dataset needs it)"
+          for f in {**kinds.COMMON_FIELDS, **kinds.KINDS[block.kind].fields} if f not in block]
+
+
+def _datasets(data_cfg: ml_collections.ConfigDict) -> list[str]:
+  """The mixture's datasets whose blocks are sound (the others are `_mixture`'s problems)."""
+  return [n for n in dict.fromkeys(batch_lib.mixture(data_cfg)) if not _block_problems(n, data_cfg)]
+
+
+def _dataset_fields(name: str, block: ml_collections.ConfigDict) -> list[str]:
+  """A dataset block's fields against their minima and allowed values (common and its kind's)."""
+  kind = kinds.KINDS[block.kind]
+  out = _at_least(block, {**kinds.COMMON_MINIMA, **kind.minima}, prefix=f"data.{name}.")
+  for field, allowed in kind.choices.items():
+    if block[field] not in allowed:
+      out.append(f"data.{name}.{field}={block[field]!r}: expected one of {', '.join(allowed)}")
+  return out
+
+
 def _data(cfg: ml_collections.ConfigDict) -> list[str]:
-  out, m = [], cfg.model
+  out, m = _mixture(cfg.data), cfg.model
+  if out:
+    return out
   if cfg.data.image_size != m.vision.image_size:
     out.append(f"data.image_size={cfg.data.image_size} differs from model.vision.image_size={m.vision.image_size}")
   learned = families.get_family(m.lm.family).position_scheme == "learned"
-  for name in DATASETS:
+  for name in _datasets(cfg.data):
     d = cfg.data[name]
-    if d.batch_size < 1:
-      out.append(f"data.{name}.batch_size={d.batch_size}: must be at least 1")
+    out += _dataset_fields(name, d)
     if learned and d.max_tokens > m.lm.max_positions:
       out.append(f"data.{name}.max_tokens={d.max_tokens} exceeds the LM's learned position table "
                  f"(model.lm.max_positions={m.lm.max_positions})")
   return out
 
 
-def _at_least(cfg: ml_collections.ConfigDict, fields: dict[str, float]) -> list[str]:
-  """'<field>=<value>: must be at least <minimum>' for each numeric field below its minimum
-  (NaN included)."""
+def _at_least(cfg: ml_collections.ConfigDict, fields: dict[str, float], prefix: str = "") -> list[str]:
+  """'<prefix><field>=<value>: must be at least <minimum>' for each numeric field below its
+  minimum (NaN included)."""
   out = []
   for path, minimum in fields.items():
     value = cfg
     for key in path.split("."):
       value = value[key]
     if not value >= minimum or not math.isfinite(value):
-      out.append(f"{path}={value}: must be {'a positive number' if minimum == POSITIVE else f'at least {minimum}'}")
+      out.append(f"{prefix}{path}={value}: must be {'a positive number' if minimum == POSITIVE else f'at least {minimum}'}")
   return out
 
 
@@ -84,13 +120,10 @@ POSITIVE = math.ulp(0.0)  # the least positive float: "> 0"
 MINIMA = {
     "optim.learning_rate": POSITIVE, "optim.warmup_steps": 0, "optim.weight_decay": 0,
     "optim.grad_clip_norm": 0, "optim.eps": 0, "optim.total_steps": 0,
-    "optim.loss_multiplier_mmc4": 0, "optim.loss_multiplier_laion": 0,
     "train.num_steps": 1, "train.log_every": 1, "train.check_finite_every": 0,
     "train.max_skipped_in_a_row": 0, "train.validate_every": 0, "train.final_captions": 0,
     "checkpoint.every_steps": 1, "checkpoint.keep": 1, "data.workers": 0, "data.read_threads": 1,
-    # a LAION row needs <image>, a token of text and <|endofchunk|>; an MMC4 document as much
-    "data.laion.max_tokens": 3, "data.mmc4.max_tokens": 3, "data.mmc4.max_images": 1,
-}
+}  # and each dataset's (data/kinds.py: COMMON_MINIMA, its kind's minima)
 
 
 def _training(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -99,7 +132,7 @@ def _training(cfg: ml_collections.ConfigDict) -> list[str]:
     out.append(f"optim.schedule={cfg.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}")
   if cfg.train.non_finite not in NON_FINITE:
     out.append(f"train.non_finite={cfg.train.non_finite!r}: expected one of {', '.join(NON_FINITE)}")
-  if cfg.train.validation_batches < 1 and any(cfg.data[n].validation_shards for n in DATASETS):
+  if cfg.train.validation_batches < 1 and any(cfg.data[n].validation_shards for n in _datasets(cfg.data)):
     out.append(f"train.validation_batches={cfg.train.validation_batches}: must be at least 1 "
                "(or leave data.<name>.validation_shards empty)")
   return out
@@ -117,7 +150,7 @@ def _mesh(cfg: ml_collections.ConfigDict, devices: int, processes: int, slices: 
   except rules.MeshError as e:
     return [str(e)]
   shards, out = sizes["data"] * sizes["fsdp"], []
-  for name in DATASETS:
+  for name in _datasets(cfg.data):
     b = cfg.data[name].batch_size
     if b % shards or b % processes:
       out.append(f"data.{name}.batch_size={b} does not divide over the {shards} data x fsdp devices "

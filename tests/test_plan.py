@@ -33,8 +33,8 @@ def _traced_step(cfg, packing=None):
   tx = optimizer.make_optimizer(cfg.optim)
   state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract["params"])
   batches = {n: {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in batch_lib.batch_shapes(n, cfg.data).items()}
-             for n in batch_lib.DATASETS}
-  return jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, packing=packing)).trace(
+             for n in batch_lib.mixture(cfg.data)}
+  return jax.jit(step_lib.make_train_step(cfg, packing=packing)).trace(
       state, abstract["frozen"], batches)
 
 

@@ -1,5 +1,5 @@
-"""The batch contract: which datasets a training step reads, in which order, and what each batch
-holds. The pipeline checks every batch it makes against it, the trainer every batch it feeds.
+"""The batch contract: which datasets a training step reads (`data.mixture`, in its order), and
+what each batch holds. The pipeline checks every batch it makes against it, the trainer every batch it feeds.
 
 Per dataset, a batch is a dict of arrays (B rows, N image slots, L tokens, S pixels):
 
@@ -11,9 +11,9 @@ Per dataset, a batch is a dict of arrays (B rows, N image slots, L tokens, S pix
   attention_mask  int32   (B, L)              1 for real tokens
   labels          int32   (B, L)              unshifted, -100 where no loss is taken
 
-N is 1 for LAION and `data.mmc4.max_images` for MMC4; L is `data.<name>.max_tokens`. E.g. an
-MMC4 row with two real images of max_images=3 has image_mask [True, True, False] and
-images[row, 2] all zeros.
+N is the dataset kind's slots per row (data/kinds.py: 1 for pairs, `max_images` for documents);
+L is `data.<name>.max_tokens`. E.g. a document row with two real images of max_images=3 has
+image_mask [True, True, False] and images[row, 2] all zeros.
 """
 from __future__ import annotations
 
@@ -22,23 +22,37 @@ from typing import Mapping
 import ml_collections
 import numpy as np
 
-# One order everywhere: dataset seeds (`data.seed + index`), iterators, checkpoint items, losses.
-DATASETS = ("laion", "mmc4")
+from flamingo_jax.data import kinds
 
 FIELDS = {"images": np.uint8, "image_mask": np.bool_, "input_ids": np.int32,
           "attention_mask": np.int32, "labels": np.int32}
 
 
+def mixture(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The datasets a step reads, in one order everywhere: dataset seeds (`data.seed + index`),
+  iterators, checkpoint items, losses, logs. E.g. "laion,mmc4" -> ("laion", "mmc4")."""
+  return tuple(n.strip() for n in str(data_cfg.mixture).split(",") if n.strip())
+
+
+def kind_of(name: str, data_cfg: ml_collections.ConfigDict) -> kinds.Kind:
+  return kinds.get_kind(data_cfg[name].kind)
+
+
+def loss_weights(data_cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """{dataset: its weight in the training loss}, in the mixture's order."""
+  return {name: float(data_cfg[name].loss_weight) for name in mixture(data_cfg)}
+
+
 def image_slots(name: str, data_cfg: ml_collections.ConfigDict) -> int:
   """N: image slots per row of dataset `name`."""
-  return 1 if name == "laion" else int(data_cfg.mmc4.max_images)
+  return kind_of(name, data_cfg).image_slots(data_cfg[name])
 
 
 def batch_shapes(name: str, data_cfg: ml_collections.ConfigDict,
                  batch_size: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """{field: (shape, dtype)} of a batch of `name` (default: the config's global batch size)."""
-  if name not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}")
+  if name not in mixture(data_cfg):
+    raise ValueError(f"{name!r} is not a dataset of data.mixture={data_cfg.mixture!r}")
   b = data_cfg[name].batch_size if batch_size is None else batch_size
   n, length, s = image_slots(name, data_cfg), data_cfg[name].max_tokens, data_cfg.image_size
   shapes = {"images": (b, n, 1, s, s, 3), "image_mask": (b, n)}

@@ -6,6 +6,9 @@ The reference flips a whole batch at once; that is `flip_batch`, applied after b
 """
 from __future__ import annotations
 
+import dataclasses
+
+import ml_collections
 import numpy as np
 
 from flamingo_jax.data import image_preprocess, labels
@@ -21,12 +24,26 @@ def caption_text(caption: str, eos_token: str) -> str:
   return f"{MEDIA_TOKEN}{caption.strip()}{EOC_TOKEN}{eos_token}"
 
 
-def preprocess(record: dict, encoder: TextEncoder, *, image_size: int, max_tokens: int,
-               media_id: int) -> dict | Skip:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What `preprocess` needs of the config (a plain record: it travels to worker processes)."""
+  image_size: int
+  max_tokens: int
+  media_id: int
+
+  @classmethod
+  def from_config(cls, block: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+                  special: dict[str, int]) -> "Settings":
+    """From a dataset's `data.<name>` block, the `data` config and the tokenizer's special ids."""
+    return cls(int(data_cfg.image_size), int(block.max_tokens), int(special["media"]))
+
+
+def preprocess(record: dict, encoder: TextEncoder, settings: Settings) -> dict | Skip:
   """A `{key}.jpg|png|jpeg` + `{key}.txt` record -> one sample of the batch contract, or `Skip`.
 
   Unlike the reference, an empty caption is skipped ("empty_text") rather than trained on.
   """
+  image_size, max_tokens, media_id = settings.image_size, settings.max_tokens, settings.media_id
   if "__error__" in record:
     return Skip(record["__error__"])
   image_key = next((k for k in IMAGE_EXTS if k in record), None)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 
+import ml_collections
 import numpy as np
 from scipy import optimize
 
@@ -147,29 +149,53 @@ def _gpt_images(doc: dict, max_images: int, eos_token: str) -> tuple[str, list[b
   return text, raw
 
 
-def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, image_size: int,
-               max_tokens: int, max_images: int, sim_threshold: float, min_images: int,
-               min_image_bytes: int, matching: str, random_flip: bool, media_id: int,
-               eoc_id: int) -> dict | Skip:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What `preprocess` needs of the config (a plain record: it travels to worker processes)."""
+  image_size: int
+  max_tokens: int
+  max_images: int
+  sim_threshold: float
+  min_images: int
+  min_image_bytes: int
+  matching: str
+  random_flip: bool
+  media_id: int
+  eoc_id: int
+
+  def __post_init__(self):
+    match_images(np.zeros((1, 1)), self.matching)  # a bad name fails here, not in a worker
+
+  @classmethod
+  def from_config(cls, block: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+                  special: dict[str, int]) -> "Settings":
+    """From a dataset's `data.<name>` block, the `data` config and the tokenizer's special ids."""
+    return cls(int(data_cfg.image_size), int(block.max_tokens), int(block.max_images),
+               float(block.sim_threshold), int(block.min_images), int(block.min_image_bytes),
+               str(block.matching), bool(data_cfg.random_flip), int(special["media"]), int(special["eoc"]))
+
+
+def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, settings: Settings) -> dict | Skip:
   """A `{key}.json` MMC4 or ChatGPT record -> one sample of the batch contract, or `Skip(reason)`.
 
   The images are stored in the order of their `<image>` tokens; those whose token was truncated
   away are zeroed and masked out.
   """
+  s = settings
   parsed = _parse(record)
   if isinstance(parsed, Skip):
     return parsed
   is_gpt = isinstance(parsed, dict)
   if is_gpt:  # the image of each marker, in text order; no similarity filter, no single-image drop
-    selected = _gpt_images(parsed, max_images, encoder.eos_token)
+    selected = _gpt_images(parsed, s.max_images, encoder.eos_token)
     if isinstance(selected, Skip):
       return selected
     text, raw = selected
     order = list(range(len(raw)))
   else:
     sentences, infos, sim = parsed
-    selected = select_images(sentences, infos, sim, sim_threshold=sim_threshold, max_images=max_images,
-                             min_image_bytes=min_image_bytes, matching=matching)
+    selected = select_images(sentences, infos, sim, sim_threshold=s.sim_threshold, max_images=s.max_images,
+                             min_image_bytes=s.min_image_bytes, matching=s.matching)
     if isinstance(selected, Skip):
       return selected
     raw, sentence_ixs = selected
@@ -177,22 +203,22 @@ def preprocess(record: dict, encoder: TextEncoder, rng: np.random.Generator, *, 
   if not raw:
     return Skip("too_few_images")
   try:
-    pixels = np.stack([image_preprocess.clip_resize(image_preprocess.decode(b), image_size)
+    pixels = np.stack([image_preprocess.clip_resize(image_preprocess.decode(b), s.image_size)
                        for b in raw])
   except Exception:  # PIL raises many types; the reference drops the document  # pylint: disable=broad-except
     return Skip("undecodable_image")
-  if random_flip and rng.random() < 0.5:  # one draw for all images of the document, as there
+  if s.random_flip and rng.random() < 0.5:  # one draw for all images of the document, as there
     pixels = image_preprocess.hflip(pixels)
-  ids, mask = encoder.encode(text, max_tokens)
-  n_media = int((ids == media_id).sum())
-  if n_media < min_images:
+  ids, mask = encoder.encode(text, s.max_tokens)
+  n_media = int((ids == s.media_id).sum())
+  if n_media < s.min_images:
     return Skip("too_few_images")
   if not is_gpt and n_media == 1 and rng.random() <= 0.5:
     return Skip("single_image_dropped")  # the reference keeps half of the single-image documents
-  if not is_gpt and n_media == 1 and ids[-1] == media_id:
+  if not is_gpt and n_media == 1 and ids[-1] == s.media_id:
     return Skip("image_at_end")  # all labels would be ignored
-  images = np.zeros((max_images, 1, image_size, image_size, 3), np.uint8)
+  images = np.zeros((s.max_images, 1, s.image_size, s.image_size, 3), np.uint8)
   shown = order[:n_media]
   images[:len(shown), 0] = pixels[shown]
-  return {"images": images, "image_mask": np.arange(max_images) < len(shown), "input_ids": ids,
-          "attention_mask": mask, "labels": labels.mmc4_labels(ids[None], encoder.pad_id, media_id, eoc_id)[0]}
+  return {"images": images, "image_mask": np.arange(s.max_images) < len(shown), "input_ids": ids,
+          "attention_mask": mask, "labels": labels.mmc4_labels(ids[None], encoder.pad_id, s.media_id, s.eoc_id)[0]}

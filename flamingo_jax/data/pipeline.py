@@ -4,7 +4,7 @@ Per dataset: this process's shards -> random-access source (tar or ArrayRecord) 
 are fewer shards than processes) -> seeded shuffle, reshuffled every epoch -> repeat ->
 preprocess (in worker processes when `workers > 0`, handed over in chunks of a batch's size) ->
 drop and count skipped samples -> batch
--> (LAION) one random flip per batch. The iterators are Grain `DatasetIterator`s:
+-> (pairs) one random flip per batch. What a dataset's kind does is its record's (data/kinds.py). The iterators are Grain `DatasetIterator`s:
 `get_state()`/`set_state()` resume exactly, and a seed gives the same batches whatever the number
 of workers.
 
@@ -20,8 +20,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from flamingo_jax.data import array_record, batch as batch_lib, laion, mmc4
-from flamingo_jax.data.batch import DATASETS
+from flamingo_jax.data import array_record, batch as batch_lib
 from flamingo_jax.data.shards import expand_shards, process_shards
 from flamingo_jax.data.skips import Skip, SkipCounter
 from flamingo_jax.data.tar_source import ShardError, TarShardSource
@@ -29,31 +28,19 @@ from flamingo_jax.data.text import TextEncoder
 from flamingo_jax.data.tokenizer import special_ids
 from flamingo_jax.errors import DataStateError
 
-__all__ = ["DATASETS", "Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
+__all__ = ["Skip", "SkipCounter", "expand_shards", "make_dataset", "make_train_iterators",
            "validation_batches", "ensure_synthetic_shards", "first_batches", "local_source", "training_order"]
 
 
 class _Preprocess:
-  """The per-sample function of one dataset; a plain object so it pickles to worker processes."""
+  """The per-sample function of one dataset, its kind's `preprocess` with the dataset's settings;
+  a plain object so it pickles to worker processes."""
 
   def __init__(self, name: str, cfg: ml_collections.ConfigDict, tok):
-    ids = special_ids(tok)
+    kind = batch_lib.kind_of(name, cfg)
     self._encoder = TextEncoder(tok)
-    if name == "laion":
-      self._fn = functools.partial(laion.preprocess, image_size=cfg.image_size,
-                                   max_tokens=cfg.laion.max_tokens, media_id=ids["media"])
-    elif name == "mmc4":
-      m = cfg.mmc4
-      mmc4.match_images(np.zeros((1, 1)), m.matching)  # a bad name fails here, not in a worker
-      self._fn = functools.partial(
-          mmc4.preprocess, image_size=cfg.image_size, max_tokens=m.max_tokens,
-          max_images=m.max_images, sim_threshold=m.sim_threshold, min_images=m.min_images,
-          min_image_bytes=m.min_image_bytes, matching=m.matching, random_flip=cfg.random_flip,
-          media_id=ids["media"], eoc_id=ids["eoc"])
-    else:
-      raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}")
-    # Whether a sample takes random draws (MMC4's flips and single-image drops; not LAION).
-    self.draws = name != "laion"
+    self._fn = functools.partial(kind.preprocess, settings=kind.settings(cfg[name], cfg, special_ids(tok)))
+    self.draws = kind.draws  # a seeded generator per sample only where it draws (one costs ~25 us)
 
   def __call__(self, record: dict, rng: np.random.Generator | None = None):
     if self.draws:
@@ -73,12 +60,16 @@ def open_source(paths: list[str]):
 
 
 def local_source(name: str, cfg: ml_collections.ConfigDict, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
-  """This process's disjoint part of a dataset's raw records ({"__key__", ext: bytes, ...})."""
-  paths, slice_samples = process_shards(expand_shards(cfg[name].shards), process_index, process_count)
+                 process_count: int = 1, field: str = "shards") -> grain.MapDataset:
+  """This process's disjoint part of a dataset's raw records ({"__key__", ext: bytes, ...});
+  errors name `data.<name>.<field>`."""
+  try:
+    paths, slice_samples = process_shards(expand_shards(cfg[name].shards), process_index, process_count)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"data.{name}.{field}: {e}") from e
   ds = grain.MapDataset.source(open_source(paths))
   if not len(ds):  # (Grain would end the first epoch at once)
-    raise ShardError(f"data.{name}.shards={cfg[name].shards}: {len(paths)} shard(s) and no samples in them")
+    raise ShardError(f"data.{name}.{field}={cfg[name].shards}: {len(paths)} shard(s) and no samples in them")
   return ds[process_index::process_count] if slice_samples else ds
 
 
@@ -87,19 +78,22 @@ def training_order(name: str, cfg: ml_collections.ConfigDict, process_index: int
   """This process's raw records in the order training reads them, without end: a seeded shuffle,
   drawn anew each epoch (record i of epoch e is `training_order(...)[e * len(source) + i]`)."""
   ds = local_source(name, cfg, process_index, process_count)
-  return ds.shuffle(seed=cfg.seed + DATASETS.index(name)).repeat()  # shuffle first: per epoch
+  return ds.shuffle(seed=_seed(name, cfg)).repeat()  # shuffle first: per epoch
+
+
+def _seed(name: str, cfg: ml_collections.ConfigDict) -> int:
+  return cfg.seed + batch_lib.mixture(cfg).index(name)
 
 
 def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCounter, *,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The batched, infinite Grain dataset for 'laion' or 'mmc4' (per-process batch size)."""
+  """The batched, infinite Grain dataset of dataset `name` (per-process batch size)."""
   batch_size = cfg[name].batch_size
   if batch_size % process_count:
     raise ValueError(f"{name} batch size {batch_size} is not divisible by {process_count} processes")
-  seed = cfg.seed + DATASETS.index(name)
+  seed = _seed(name, cfg)
   ds = training_order(name, cfg, process_index, process_count)
   preprocess = _Preprocess(name, cfg, tok)
-  # A seeded generator per sample only where it draws (making one costs ~25 us).
   ds = ds.random_map(preprocess, seed=seed) if preprocess.draws else ds.map(preprocess)
   local = batch_size // process_count
   # Samples travel in chunks (one set of arrays per chunk, not per sample), unpacked here in the
@@ -117,8 +111,9 @@ def make_dataset(name: str, cfg: ml_collections.ConfigDict, tok, counter: SkipCo
   it = grain.experimental.WithOptionsIterDataset(
       it, grain.experimental.DatasetOptions(filter_raise_threshold_ratio=cfg.max_skip_ratio))
   it = it.batch(local, drop_remainder=True)
-  if name == "laion" and cfg.random_flip:
-    it = it.random_map(laion.flip_batch, seed=seed)
+  flip_batch = batch_lib.kind_of(name, cfg).flip_batch
+  if flip_batch and cfg.random_flip:
+    it = it.random_map(flip_batch, seed=seed)
   return it.map(_Checked(name, batch_lib.batch_shapes(name, cfg, local)))
 
 
@@ -201,7 +196,7 @@ class _Checked:
 
 def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: int = 0,
                          process_count: int = 1) -> tuple[dict[str, grain.DatasetIterator], SkipCounter]:
-  """{'laion': iterator, 'mmc4': iterator} of this process's batches, and their skip counter.
+  """{dataset: iterator} of this process's batches, in `data.mixture`'s order, and their skip counter.
 
   `cfg` is the config's `data` field (configs/data.py). Each process reads a disjoint part of the
   shards; the iterators' `get_state()`/`set_state()` go into checkpoints.
@@ -210,7 +205,7 @@ def make_train_iterators(cfg: ml_collections.ConfigDict, tok, *, process_index: 
   iters = {name: CountingIterator(iter(make_dataset(name, cfg, tok, counter, process_index=process_index,
                                                     process_count=process_count)), name, counter,
                                   chunk_size(name, cfg, process_count), cfg.workers)
-           for name in DATASETS}
+           for name in batch_lib.mixture(cfg)}
   return iters, counter
 
 
@@ -322,10 +317,7 @@ def validation_batches(name: str, cfg: ml_collections.ConfigDict, tok, n: int, *
   with held_out.unlocked():
     held_out[name].shards = cfg[name].validation_shards
     held_out.update(random_flip=False, workers=0)
-  try:
-    available = len(local_source(name, held_out, process_index, process_count))
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"data.{name}.validation_shards: {e}") from e
+  available = len(local_source(name, held_out, process_index, process_count, field="validation_shards"))
   counter = SkipCounter()
   it = iter(make_dataset(name, held_out, tok, counter, process_index=process_index, process_count=process_count))
   return [next(it) for _ in range(n)], counter, available

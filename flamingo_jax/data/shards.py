@@ -45,8 +45,7 @@ def expand_shards(patterns: str) -> list[str]:
       else:
         paths.append(path)
   if not paths:
-    raise FileNotFoundError(f"No shards given (shards={patterns!r}); set data.laion.shards / "
-                            "data.mmc4.shards")
+    raise FileNotFoundError(f"No shards given (shards={patterns!r})")
   return paths
 
 

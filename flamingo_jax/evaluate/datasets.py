@@ -85,23 +85,29 @@ def caption_references(test: list[CaptionExample], annotations_path: str | None)
 # VQA
 
 
-def vqa_image_path(dataset: str, image_dir: str, image_id: Any) -> str:
-  """Where each VQA dataset keeps a question's image."""
-  if dataset in ("vqav2", "ok_vqa"):
+VQA_IMAGE_NAMINGS = ("coco", "as_given", "id_jpg")
+
+
+def vqa_image_path(naming: str, image_dir: str, image_id: Any) -> str:
+  """Where a question's image is, by how its dataset names image files: "coco" (VQAv2, OK-VQA:
+  COCO_val2014_000000000042.jpg in a train2014/val2014/test2015 folder), "as_given" (VizWiz: the
+  image_id is the file name), "id_jpg" (TextVQA: <image_id>.jpg)."""
+  if naming == "coco":
     coco_split = os.path.basename(os.path.normpath(image_dir))
     if coco_split not in ("train2014", "val2014", "test2015"):
-      raise ValueError(f"{dataset} image dir must be named train2014, val2014 or test2015, got {image_dir!r}")
+      raise ValueError(f"a COCO image dir must be named train2014, val2014 or test2015, got {image_dir!r}")
     return os.path.join(image_dir, f"COCO_{coco_split}_{int(image_id):012d}.jpg")
-  if dataset == "vizwiz":
+  if naming == "as_given":
     return os.path.join(image_dir, image_id)
-  if dataset == "textvqa":
+  if naming == "id_jpg":
     return os.path.join(image_dir, f"{image_id}.jpg")
-  raise ValueError(f"Unknown VQA dataset {dataset!r}")
+  raise ValueError(f"Unknown VQA image naming {naming!r}; known: {', '.join(VQA_IMAGE_NAMINGS)}")
 
 
 def read_vqa(questions_path: str, annotations_path: str | None, image_dir: str,
-             dataset: str) -> list[VQAExample]:
-  """Questions (with their annotation records, when given) in the questions file's order."""
+             naming: str) -> list[VQAExample]:
+  """Questions (with their annotation records, when given) in the questions file's order; images
+  named as `vqa_image_path`'s `naming` says."""
   questions = _load_json(questions_path)["questions"]
   by_id = None
   if annotations_path:
@@ -109,7 +115,7 @@ def read_vqa(questions_path: str, annotations_path: str | None, image_dir: str,
     missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]
     if missing:
       raise KeyError(f"{len(missing)} questions of {questions_path} have no annotation, e.g. {missing[:3]}")
-  return [VQAExample(vqa_image_path(dataset, image_dir, q["image_id"]), q["question"], q["question_id"],
+  return [VQAExample(vqa_image_path(naming, image_dir, q["image_id"]), q["question"], q["question_id"],
                      None if by_id is None else tuple(by_id[q["question_id"]]["answers"]))
           for q in questions]
 
@@ -154,37 +160,47 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# One entry point per task, from the eval config's `data.<task>` section.
+# A task's demonstration pool and test split from its eval-config section (a task record's `load`).
 
 
-def load_task_data(task: str, cfg) -> TaskData:
-  """Reads the demonstration pool and the test split of `task` from config paths, or from
-  tensorflow-datasets where the section names a TFDS dataset (`tfds_name`: coco, imagenet)."""
-  if cfg.get("tfds_name"):
+def coco_data(section) -> TaskData:
+  """COCO's Karpathy split (train2014 images for the demonstrations), or its TFDS dataset."""
+  if section.get("tfds_name"):
     from flamingo_jax.evaluate import tfds_datasets  # pylint: disable=g-import-not-at-top
-    return tfds_datasets.load_task_data_tfds(task, cfg, _imagenet_names(cfg) if task == "imagenet" else ())
-  if task in ("coco", "flickr30"):
-    kw = dict(dataset=task, image_dir=cfg.train_image_dir if task == "coco" else cfg.image_dir,
-              val_image_dir=cfg.get("val_image_dir") or None)
-    return TaskData(read_karpathy(cfg.karpathy_json, "train", **kw),
-                    read_karpathy(cfg.karpathy_json, "test", **kw))
-  if task in ("vqav2", "ok_vqa", "vizwiz", "textvqa"):
-    return TaskData(
-        read_vqa(cfg.train_questions, cfg.train_annotations, cfg.train_image_dir, task),
-        read_vqa(cfg.test_questions, cfg.test_annotations or None, cfg.test_image_dir, task))
-  if task == "hateful_memes":
-    return TaskData(read_hateful_memes(cfg.train_jsonl, cfg.image_dir),
-                    read_hateful_memes(cfg.test_jsonl, cfg.image_dir), HATEFUL_MEMES_CLASSES)
-  if task == "imagenet":
-    train, folders = read_image_folder(os.path.join(cfg.root, "train"))
-    test, test_folders = read_image_folder(os.path.join(cfg.root, "val"))
-    if folders != test_folders:
-      raise ValueError("ImageNet train and val have different class folders")
-    names = _imagenet_names(cfg)
-    if len(names) != len(folders):
-      raise ValueError(f"{len(folders)} class folders but {len(names)} class names")
-    return TaskData(train, test, names)
-  raise ValueError(f"Unknown task {task!r}")
+    return tfds_datasets.coco_data(section)
+  kw = dict(dataset="coco", image_dir=section.train_image_dir, val_image_dir=section.get("val_image_dir") or None)
+  return TaskData(read_karpathy(section.karpathy_json, "train", **kw), read_karpathy(section.karpathy_json, "test", **kw))
+
+
+def flickr30_data(section) -> TaskData:
+  kw = dict(dataset="flickr30", image_dir=section.image_dir)
+  return TaskData(read_karpathy(section.karpathy_json, "train", **kw), read_karpathy(section.karpathy_json, "test", **kw))
+
+
+def vqa_data(section, naming: str) -> TaskData:
+  """A VQA task in the official file format; `naming`: `vqa_image_path`'s."""
+  return TaskData(read_vqa(section.train_questions, section.train_annotations, section.train_image_dir, naming),
+                  read_vqa(section.test_questions, section.test_annotations or None, section.test_image_dir, naming))
+
+
+def hateful_memes_data(section) -> TaskData:
+  return TaskData(read_hateful_memes(section.train_jsonl, section.image_dir),
+                  read_hateful_memes(section.test_jsonl, section.image_dir), HATEFUL_MEMES_CLASSES)
+
+
+def imagenet_data(section) -> TaskData:
+  """ImageFolder train/ and val/ under `root` (or the TFDS dataset), with the class names."""
+  names = _imagenet_names(section)
+  if section.get("tfds_name"):
+    from flamingo_jax.evaluate import tfds_datasets  # pylint: disable=g-import-not-at-top
+    return tfds_datasets.imagenet_data(section, names)
+  train, folders = read_image_folder(os.path.join(section.root, "train"))
+  test, test_folders = read_image_folder(os.path.join(section.root, "val"))
+  if folders != test_folders:
+    raise ValueError("ImageNet train and val have different class folders")
+  if len(names) != len(folders):
+    raise ValueError(f"{len(folders)} class folders but {len(names)} class names")
+  return TaskData(train, test, names)
 
 
 def _imagenet_names(cfg) -> tuple[str, ...]:

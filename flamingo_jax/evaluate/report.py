@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from flamingo_jax import paths
-from flamingo_jax.evaluate import prompts
+from flamingo_jax.evaluate import catalog
 
 _PUBLISHED = os.path.join(os.path.dirname(__file__), "data", "published_results.json")
 
@@ -47,7 +47,7 @@ def markdown_table(results: dict[str, list[dict]], model: str | None, demos: str
            "|---|---|" + "---|" * len(shots)]
   for task, rows in results.items():
     by_shot = {r["shots"]: r for r in rows}
-    metric = prompts.get_task(task).metric
+    metric = catalog.get_task(task).metric
     n = max((len(r["trials"]) for r in rows), default=0)
     ours = [_fmt(by_shot[s]["mean"], by_shot[s]["stddev"] if n > 1 else None) if s in by_shot else ""
             for s in shots]
@@ -87,7 +87,7 @@ def plot(results: dict[str, list[dict]], model: str | None, demos: str, path: st
                   label=f"{published['models'].get(model, model)} (published)")
     ax.set_title(task)
     ax.set_xlabel("shots")
-    ax.set_ylabel(prompts.get_task(task).metric)
+    ax.set_ylabel(catalog.get_task(task).metric)
     ax.set_xticks(sorted({r["shots"] for r in results[task]} | set(series or {})))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

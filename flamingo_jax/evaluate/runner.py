@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from flamingo_jax import errors
-from flamingo_jax.evaluate import datasets, prompts, report, tasks
+from flamingo_jax.evaluate import catalog, report, tasks
 from flamingo_jax.evaluate.inference import EvalModel
 
 
@@ -28,20 +28,6 @@ def guess_model_name(config: ml_collections.ConfigDict, config_path: str | None 
   return f"{name}_instruct" if name and instruct and name != "of_9b" else name
 
 
-def task_settings(eval_cfg: ml_collections.ConfigDict, task: str, out_dir: str,
-                  progress: bool = True) -> tasks.Settings:
-  """The run's settings for one task (the task's own CIDEr references, if any)."""
-  data = eval_cfg.data[task]
-  return tasks.Settings(
-      num_samples=eval_cfg.num_samples, query_set_size=eval_cfg.query_set_size,
-      batch_size=eval_cfg.batch_size, demos=eval_cfg.demos, rices_cache_dir=eval_cfg.rices_cache_dir,
-      classification_kv_cache=eval_cfg.classification_kv_cache,
-      prompt_ensembling=eval_cfg.prompt_ensembling,
-      reference_zero_shot_classification_images=eval_cfg.reference_zero_shot_classification_images,
-      cider_tokenizer=eval_cfg.cider_tokenizer, vqa_normalization=eval_cfg.vqa_normalization,
-      caption_annotations=data.get("annotations_json", "") or "", out_dir=out_dir, progress=progress)
-
-
 def parse_ints(text: str | Sequence[int]) -> list[int]:
   if isinstance(text, str):
     return [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -50,9 +36,9 @@ def parse_ints(text: str | Sequence[int]) -> list[int]:
 
 def check_request(task_names: Sequence[str], shots: Sequence[int]) -> None:
   """Task names and shot counts a run can use, before any work (usage errors)."""
-  unknown = [n for n in task_names if n not in prompts.TASKS]
+  unknown = [n for n in task_names if n not in catalog.TASKS]
   if unknown:
-    raise errors.UsageError(f"--task={unknown[0]}: unknown task; known: {', '.join(prompts.TASKS)}")
+    raise errors.UsageError(f"--task={unknown[0]}: unknown task; known: {', '.join(catalog.TASKS)}")
   if not shots or min(shots) < 0:
     raise errors.UsageError(f"--shots={','.join(map(str, shots))}: shot counts must be whole numbers >= 0")
 
@@ -64,7 +50,7 @@ def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Seque
   check_request(task_names, shots)
   seeds = parse_ints(eval_cfg.trial_seeds)
   results, timings = {}, {}
-  loaded = {name: datasets.load_task_data(name, eval_cfg.data[name]) for name in task_names}
+  loaded = {name: catalog.get_task(name).read(eval_cfg.data[name]) for name in task_names}
   for name, data in loaded.items():  # every task's demonstration pool, before any is evaluated
     pool = min(len(data.train), eval_cfg.query_set_size)
     if max(shots) > pool:
@@ -72,8 +58,8 @@ def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Seque
                        f"(eval_config.query_set_size={eval_cfg.query_set_size}, {len(data.train)} train examples)")
   for name, data in loaded.items():
     start = time.time()
-    settings = task_settings(eval_cfg, name, out_dir, progress)
-    results[name] = tasks.evaluate_task(model, name, data, list(shots), seeds, settings)
+    results[name] = tasks.evaluate_task(model, catalog.get_task(name), data, list(shots), seeds, eval_cfg,
+                                        out_dir, progress)
     timings[name] = round(time.time() - start, 1)
     logging.info("%s: %s", name, results[name])
   meta = {"model": model_name, "demos": eval_cfg.demos, "trial_seeds": seeds, "seconds": timings,

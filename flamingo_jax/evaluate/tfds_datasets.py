@@ -75,14 +75,20 @@ def read_imagenet_tfds(name: str, split: str, data_dir: str, image_dir: str) -> 
   return [ClassificationExample(p, label, i) for i, (label, _, p) in enumerate(rows)], num_classes
 
 
-def load_task_data_tfds(task: str, cfg, class_names: tuple[str, ...] = ()) -> TaskData:
-  """`task`'s demonstration pool and test split from the TFDS dataset `cfg.tfds_name`."""
-  args = (cfg.tfds_name, cfg.get("tfds_data_dir", ""), cfg.get("tfds_image_dir", ""))
-  if task == "coco":
-    return TaskData(*(read_coco_captions_tfds(args[0], COCO_SPLITS[s], *args[1:]) for s in ("train", "test")))
-  if task == "imagenet":
-    (train, n), (test, _) = (read_imagenet_tfds(args[0], IMAGENET_SPLITS[s], *args[1:]) for s in ("train", "test"))
-    if len(class_names) != n:
-      raise ValueError(f"{cfg.tfds_name} has {n} classes but {len(class_names)} class names")
-    return TaskData(train, test, class_names)
-  raise ValueError(f"Task {task!r} has no TFDS dataset (only coco and imagenet do)")
+def _args(section) -> tuple[str, str, str]:
+  return section.tfds_name, section.get("tfds_data_dir", ""), section.get("tfds_image_dir", "")
+
+
+def coco_data(section) -> TaskData:
+  """COCO's demonstration pool and test split from the TFDS dataset `section.tfds_name`."""
+  name, *rest = _args(section)
+  return TaskData(*(read_coco_captions_tfds(name, COCO_SPLITS[s], *rest) for s in ("train", "test")))
+
+
+def imagenet_data(section, class_names: tuple[str, ...]) -> TaskData:
+  """ImageNet's demonstration pool and test split from the TFDS dataset `section.tfds_name`."""
+  name, *rest = _args(section)
+  (train, n), (test, _) = (read_imagenet_tfds(name, IMAGENET_SPLITS[s], *rest) for s in ("train", "test"))
+  if len(class_names) != n:
+    raise ValueError(f"{name} has {n} classes but {len(class_names)} class names")
+  return TaskData(train, test, class_names)

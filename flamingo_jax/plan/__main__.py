@@ -45,7 +45,8 @@ _SLICES = flags.DEFINE_integer("slices", 1, "Slices of --topology joined over th
                                "(multislice; the mesh's dcn_* sizes split the axes across them).")
 _JSON = flags.DEFINE_bool("json", False, "Print the plan (or the search's plans) as JSON.")
 _SEARCH = flags.DEFINE_bool("search", False, "Plan a grid of settings and rank what fits.")
-_BATCHES = flags.DEFINE_list("search_batch", ["1", "2", "4", "8"], "MMC4 rows per data x fsdp chip.")
+_BATCHES = flags.DEFINE_list("search_batch", ["1", "2", "4", "8"], "Rows per data x fsdp chip of the dataset "
+                             "with the longest rows (MMC4); the others keep their ratio to it.")
 _REMAT = flags.DEFINE_list("search_remat", ["none", "dots_with_no_batch_dims_saveable", "full"],
                            "Remat policies to try.")
 _TENSOR = flags.DEFINE_list("search_tensor", ["1", "2", "4"], "Tensor-parallel sizes to try.")
@@ -142,7 +143,10 @@ def search_table(plans, title: str) -> list[str]:
   best = search.ranked(plans)
   if not best:
     return [f"{title}: nothing in the grid fits"]
-  head = (f"{'#':>2} {'mmc4/laion':>10} {'mesh d,f,t':>10} {'slices':>6} {'remat':>32} {'scan':>5} {'GiB':>6} "
+  names = [k.split(".")[1] for k in best[0].overrides if k.endswith(".batch_size")]
+  batch = lambda o: "/".join(str(o[f"data.{n}.batch_size"]) for n in names)
+  width = max(10, len("/".join(names)), *(len(batch(p.overrides)) for p in best))
+  head = (f"{'#':>2} {'/'.join(names):>{width}} {'mesh d,f,t':>10} {'slices':>6} {'remat':>32} {'scan':>5} {'GiB':>6} "
           f"{'est. ms':>8} {'bound by':>13} {'samples/s':>9} {'MFU est':>7}")
   lines = [f"{title}: {len(best)} of {len(plans)} planned settings fit, fastest first", head]
   for i, p in enumerate(best, 1):
@@ -151,7 +155,7 @@ def search_table(plans, title: str) -> list[str]:
     rate = f"{j['samples_per_s']:9.1f}" if j["samples_per_s"] else f"{'?':>9}"
     mfu = f"{p.mfu_estimate:7.1%}" if p.mfu_estimate else f"{'?':>7}"
     across = "-" if p.slices == 1 else ("data" if o["mesh.dcn_data"] > 1 else "fsdp")
-    lines.append(f"{i:>2} {o['data.mmc4.batch_size']:>4}/{o['data.laion.batch_size']:<5} "
+    lines.append(f"{i:>2} {batch(o):>{width}} "
                  f"{o['mesh.data']:>3},{o['mesh.fsdp']},{o['mesh.tensor']:<3} {across:>6} {o['model.remat_policy']:>32} "
                  f"{str(o['model.scan_layers']):>5} {p.total_bytes / GIB:6.2f} {step} {p.bound_by or '?':>13} {rate} {mfu}")
   lines.append("launch the best with: " + " ".join(f"--config.{k}={v}" for k, v in best[0].overrides.items()))

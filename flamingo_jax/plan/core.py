@@ -197,7 +197,7 @@ def abstract_step(cfg: ml_collections.ConfigDict, mesh) -> tuple[Any, tuple, dic
   packing = image_buffers.plan(cfg.data, {}, mesh.shape["data"] * mesh.shape["fsdp"])
   batches = {name: {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rules.batch_sharding(mesh, len(shape)))
                     for k, (shape, dtype) in batch_lib.batch_shapes(name, cfg.data).items()}
-             for name in batch_lib.DATASETS}
+             for name in batch_lib.mixture(cfg.data)}
   step = step_lib.jit_train_step(cfg, mesh, shardings, step_lib.NonFinitePolicy.from_config(cfg.train), packing)
   return step, (state, variables["frozen"], batches), packing
 

@@ -17,14 +17,15 @@ from typing import Any, Sequence
 import ml_collections
 
 from flamingo_jax import chips as chips_lib, overrides as overrides_lib
+from flamingo_jax.data import batch as batch_lib
 from flamingo_jax.models import rules
 from flamingo_jax.plan.core import Plan, PlanError, make_plan
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-  """The settings to try. `batches`: MMC4 rows per data x fsdp chip (LAION's follow in the
-  config's LAION:MMC4 ratio); the mesh of a slice: `data` replicas x `tensor` splits, fsdp over
+  """The settings to try. `batches`: rows per data x fsdp chip of the mixture's longest-row
+  dataset (MMC4 in the released configs; the others keep their ratio to it, `batch_overrides`); the mesh of a slice: `data` replicas x `tensor` splits, fsdp over
   the rest; `dcn`: the axis the slices split ('data' or 'fsdp'; several slices only)."""
   batches: Sequence[int] = (1, 2, 4, 8)
   remat: Sequence[str] = ("none", "dots_with_no_batch_dims_saveable", "full")
@@ -42,14 +43,22 @@ class Split:
   dcn: str = "data"
 
 
+def batch_overrides(data_cfg: ml_collections.ConfigDict, per_chip: int, shards: int) -> dict[str, int]:
+  """{"data.<name>.batch_size": rows} of every dataset for `per_chip` rows per chip of the one
+  with the longest rows (the first such), the others in the config's ratio to it (at least one row
+  per chip). E.g. LAION 64, MMC4 32 (256 tokens) -> per_chip 2 on 8 chips: MMC4 16, LAION 32."""
+  names = batch_lib.mixture(data_cfg)
+  anchor = max(names, key=lambda n: data_cfg[n].max_tokens)  # max keeps the first of equals
+  ratio = {n: data_cfg[n].batch_size / data_cfg[anchor].batch_size for n in names}
+  return {f"data.{n}.batch_size": max(1, round(per_chip * ratio[n])) * shards for n in names}
+
+
 def point_overrides(cfg: ml_collections.ConfigDict, chips: int, per_chip: int, split: Split, remat: str,
                     scan: bool, slices: int = 1) -> dict[str, Any]:
   """The `--config.…` overrides of one grid point for `slices` slices of `chips` chips."""
   fsdp = chips // (split.tensor * split.data)
   shards = split.data * fsdp * slices  # the chips that split the batch
-  ratio = cfg.data.laion.batch_size / cfg.data.mmc4.batch_size
-  return {"data.mmc4.batch_size": per_chip * shards,
-          "data.laion.batch_size": max(1, round(per_chip * ratio)) * shards,
+  return {**batch_overrides(cfg.data, per_chip, shards),
           "mesh.data": split.data, "mesh.fsdp": fsdp, "mesh.tensor": split.tensor,
           "mesh.dcn_data": slices if split.dcn == "data" else 1, "mesh.dcn_fsdp": slices if split.dcn == "fsdp" else 1,
           "model.remat_policy": remat, "model.scan_layers": scan}

@@ -1,6 +1,6 @@
 """How many images of each dataset's batch the vision tower runs on (`data.<name>.image_buffer`).
 
-MMC4 rows have `max_images` slots but most hold fewer real images; the step packs each device's
+Document rows (MMC4) have `max_images` slots but most hold fewer real images; the step packs each device's
 real images into a buffer (models/packing.py) and encodes only those. The buffer is per global
 batch and split evenly over the data x fsdp devices:
 
@@ -9,7 +9,7 @@ batch and split evenly over the data x fsdp devices:
                       first batches, plus a quarter, times the devices (capped at every slot)
                  -1   off: every slot goes through the tower, as OpenFlamingo does
 
-Datasets with one slot per row (LAION) hold a real image in every slot: nothing to pack.
+Datasets with one slot per row (pairs, LAION) hold a real image in every slot: nothing to pack.
 A batch with more real images on one device than its share of the buffer is an error naming the
 dataset and the field (nothing is dropped silently). A derived size rests on a few batches: for a
 long run, set the field (the run's train_config.json shows what was derived; every slot is safe).
@@ -37,7 +37,7 @@ def plan(data_cfg: ml_collections.ConfigDict, iterators: dict[str, grain.Dataset
   deriving again, so that a resumed run compiles the same step. A size to derive for a dataset
   missing from `iterators` is every slot."""
   out = {}
-  for name in batch_lib.DATASETS:
+  for name in batch_lib.mixture(data_cfg):
     slots = batch_lib.image_slots(name, data_cfg)
     size = int(data_cfg[name].get("image_buffer", 0)) or int((recorded or {}).get(name, 0))
     rows = data_cfg[name].batch_size // groups

@@ -174,8 +174,8 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   first, so nothing of a non-finite step is ever checkpointed.
   """
   cfg, data = run.cfg, run.cfg.data
-  samples = sum(data[n].batch_size for n in batch_lib.DATASETS)
-  tokens = sum(data[n].batch_size * data[n].max_tokens for n in batch_lib.DATASETS)
+  samples = sum(data[n].batch_size for n in run.iterators)
+  tokens = sum(data[n].batch_size * data[n].max_tokens for n in run.iterators)
   history, t0, step, pending = [], time.time(), run.start_step, None
   throughput = metrics.Throughput(samples, tokens, metrics.step_flops(cfg, run.packing).total, start_step=step)
   hooks = metrics.progress_hooks(cfg, run.workdir, run.writer)
@@ -222,7 +222,7 @@ def _validate(run: TrainRun, step: int) -> None:
   out = run.validation.losses(run.state.params, run.frozen)
   run.writer.write_scalars(step, {**out, **{f"val/skipped/{k}": float(v) for k, v in run.validation.skipped.items()}})
   parts = [f"total {out['val/loss']:.4f}"] if "val/loss" in out else []
-  parts += [f"{name} {out[f'val/loss_{name}']:.4f}" for name in batch_lib.DATASETS if f"val/loss_{name}" in out]
+  parts += [f"{name} {out[f'val/loss_{name}']:.4f}" for name in run.iterators if f"val/loss_{name}" in out]
   print(f"step {step}/{run.cfg.train.num_steps}  validation loss (held-out) {'  '.join(parts)}", flush=True)
   run.validated.append({"step": step, **out})
 
@@ -247,8 +247,8 @@ def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, 
   logged["step"] = step
   run.writer.write_scalars(step, logged)
   gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])
-  print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}  mmc4 "
-        f"{logged['loss_mmc4']:.4f}  laion {logged['loss_laion']:.4f}  mean tanh(attn_gate) "
+  losses = "".join(f"  {name} {logged[f'loss_{name}']:.4f}" for name in run.iterators)
+  print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}{losses}  mean tanh(attn_gate) "
         f"{gates:+.4f}  {logged['perf/samples_per_s']:.1f} samples/s  input wait "
         f"{100 * logged['perf/input_wait_fraction']:.1f}%  [{time.time() - t0:.0f}s]", flush=True)
   return logged
@@ -282,8 +282,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRes
 
 
 def evaluate_image_dependence(run: TrainRun) -> dict[str, float]:
-  """Loss on the held-out LAION batches with their real images and with blank images (empty
-  without held-out LAION shards): a model that learned to look does much better with the real ones."""
+  """Loss on the held-out captioned images (LAION) with their real images and with blank images
+  (empty without held-out pairs): a model that learned to look does much better with the real ones."""
   if not run.validation:
     return {}
   with run.context():

@@ -97,7 +97,7 @@ def batch_sizes(cfg, packing: dict | None = None) -> dict[str, tuple[int, int, i
   the step runs it (a packed tower encodes its buffer and one blank image)."""
   packing = packing or {}
   out = {}
-  for name in batch_lib.DATASETS:
+  for name in batch_lib.mixture(cfg.data):
     rows, slots = cfg.data[name].batch_size, batch_lib.image_slots(name, cfg.data)
     p = packing.get(name)
     out[name] = (rows, slots, p[0] * p[1] + 1 if p else rows * slots, cfg.data[name].max_tokens)

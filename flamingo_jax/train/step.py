@@ -1,7 +1,8 @@
-"""The jitted training step: one optimizer step over an MMC4 batch and a LAION batch.
+"""The jitted training step: one optimizer step over a batch of every dataset of the mixture.
 
-loss = m_mmc4 * loss_mmc4 + m_laion * loss_laion; its gradient is the sum of the two datasets'
-weighted gradients, which is what the reference accumulates with two backward passes.
+loss = sum over datasets of data.<name>.loss_weight * loss_<name> (OpenFlamingo's recipe: LAION
+0.2, MMC4 1.0); its gradient is the sum of the datasets' weighted gradients, which is what the
+reference accumulates with one backward pass per dataset.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flamingo_jax.data import image_preprocess
+from flamingo_jax.data import batch as batch_lib, image_preprocess
 from flamingo_jax.errors import NonFiniteError
-from flamingo_jax.data.batch import DATASETS
 from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.train import optimizer
 from flamingo_jax.train.loss import causal_lm_loss
@@ -107,24 +107,23 @@ def _apply(model: Flamingo, variables: dict, batch: dict, packing: tuple[int, in
                      image_mask=batch["image_mask"], packing=packing)
 
 
-def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
-                    non_finite: NonFinitePolicy | None = None,
+def make_train_step(cfg: ml_collections.ConfigDict, non_finite: NonFinitePolicy | None = None,
                     packing: dict[str, tuple[int, int] | None] | None = None) -> Callable:
   """(state, frozen, batches) -> (state, metrics); jit it with shardings at the call site.
 
-  `batches` maps each of `DATASETS` to a batch; the optimizer is `optim_cfg`'s; `packing`
-  ({dataset: (groups, per_group)}, train/image_buffers.py) runs the vision tower on real images
-  only."""
+  `batches` maps each dataset of `cfg.data.mixture` to a batch, weighted by its `loss_weight`; the
+  optimizer is `cfg.optim`'s; `packing` ({dataset: (groups, per_group)}, train/image_buffers.py)
+  runs the vision tower on real images only."""
   packing = packing or {}
-  model = Flamingo(model_cfg)
-  tx = optimizer.make_optimizer(optim_cfg)
-  weights = {"mmc4": optim_cfg.loss_multiplier_mmc4, "laion": optim_cfg.loss_multiplier_laion}
+  model = Flamingo(cfg.model)
+  tx = optimizer.make_optimizer(cfg.optim)
+  weights = batch_lib.loss_weights(cfg.data)
   skip_non_finite = non_finite is not None and non_finite.skip
 
   def loss_fn(params, frozen, batches):
     losses = {n: causal_lm_loss(_apply(model, {"params": params, "frozen": frozen}, batches[n],
-                                       packing.get(n)), batches[n]["labels"]) for n in DATASETS}
-    return sum(weights[n] * losses[n] for n in DATASETS), losses
+                                       packing.get(n)), batches[n]["labels"]) for n in weights}
+    return sum(weights[n] * losses[n] for n in weights), losses
 
   def train_step(state: TrainState, frozen: Any, batches: dict) -> tuple[TrainState, dict]:
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batches)
@@ -137,7 +136,7 @@ def make_train_step(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collecti
       params = jax.tree_util.tree_map(keep, params, state.params)
       opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"loss": total, **{f"loss_{n}": losses[n] for n in DATASETS},
+    metrics = {"loss": total, **{f"loss_{n}": losses[n] for n in weights},
                "grad_norm": grad_norm, "finite": finite, **gate_values(params)}
     return new, metrics
 
@@ -149,7 +148,7 @@ def jit_train_step(cfg: ml_collections.ConfigDict, mesh: Mesh, state_shardings: 
                    packing: dict[str, tuple[int, int] | None] | None = None) -> Callable:
   """The step exactly as a run compiles it (train/loop.setup, and the planner before a job):
   the state donated and kept where `state_shardings` put it, the metrics replicated."""
-  return jax.jit(make_train_step(cfg.model, cfg.optim, non_finite, packing), donate_argnums=0,
+  return jax.jit(make_train_step(cfg, non_finite, packing), donate_argnums=0,
                  out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())))
 
 

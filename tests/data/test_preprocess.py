@@ -88,7 +88,7 @@ def _mmc4(record, tok, **kw):
   args = dict(image_size=32, max_tokens=32, max_images=3, sim_threshold=0.24, min_images=1,
               min_image_bytes=11_000, matching="argmax", random_flip=False, media_id=ids["media"],
               eoc_id=ids["eoc"])
-  return mmc4.preprocess(record, TextEncoder(tok), np.random.default_rng(0), **{**args, **kw})
+  return mmc4.preprocess(record, TextEncoder(tok), np.random.default_rng(0), mmc4.Settings(**{**args, **kw}))
 
 
 def test_mmc4_filters(tok):

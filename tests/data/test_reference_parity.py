@@ -88,7 +88,8 @@ def test_laion_matches_reference(ref, ref_tok, tok, shards):
   captions = [r["txt"].decode("utf-8") for r in records]
   ids, mask = ref.data.preprocess_laion_text(captions, ref_tok, max_tokens=LAION_LEN)
   encoder, media = TextEncoder(tok), tokenizer.special_ids(tok)["media"]
-  ours = [laion.preprocess(r, encoder, image_size=SIZE, max_tokens=LAION_LEN, media_id=media) for r in records]
+  ours = [laion.preprocess(r, encoder, laion.Settings(image_size=SIZE, max_tokens=LAION_LEN, media_id=media))
+          for r in records]
   batch = {k: np.stack([o[k] for o in ours]) for k in ours[0]}
   width = ids.shape[1]  # the reference pads to the longest caption, we to max_tokens
   np.testing.assert_array_equal(batch["input_ids"][:, :width], ids.numpy())
@@ -109,10 +110,9 @@ def test_laion_matches_reference(ref, ref_tok, tok, shards):
 
 def _ours_mmc4(record, tok, flip_u, drop_u, max_tokens):
   ids = tokenizer.special_ids(tok)
-  return mmc4.preprocess(record, TextEncoder(tok), _Scripted(flip_u, drop_u), image_size=SIZE,
-                         max_tokens=max_tokens, max_images=MAX_IMAGES, sim_threshold=0.24, min_images=1,
-                         min_image_bytes=11_000, matching="argmax", random_flip=True,
-                         media_id=ids["media"], eoc_id=ids["eoc"])
+  return mmc4.preprocess(record, TextEncoder(tok), _Scripted(flip_u, drop_u), mmc4.Settings(
+      image_size=SIZE, max_tokens=max_tokens, max_images=MAX_IMAGES, sim_threshold=0.24, min_images=1,
+      min_image_bytes=11_000, matching="argmax", random_flip=True, media_id=ids["media"], eoc_id=ids["eoc"]))
 
 
 @pytest.mark.parametrize("max_tokens", [48, 14])  # 14: most documents lose text and images
@@ -185,10 +185,9 @@ def test_chatgpt_sequences_match_reference(ref, ref_tok, tok, shards, max_tokens
     torch.manual_seed(i)
     flip_u = float(torch.rand(1))
     torch.manual_seed(i)
-    ours = mmc4.preprocess(record, TextEncoder(tok), _Scripted(flip_u), image_size=size,
-                           max_tokens=max_tokens, max_images=MAX_IMAGES, sim_threshold=0.24, min_images=1,
-                           min_image_bytes=11_000, matching="argmax", random_flip=True,
-                           media_id=ids["media"], eoc_id=ids["eoc"])
+    ours = mmc4.preprocess(record, TextEncoder(tok), _Scripted(flip_u), mmc4.Settings(
+        image_size=size, max_tokens=max_tokens, max_images=MAX_IMAGES, sim_threshold=0.24, min_images=1,
+        min_image_bytes=11_000, matching="argmax", random_flip=True, media_id=ids["media"], eoc_id=ids["eoc"]))
     try:
       ref_images, (ref_ids, ref_mask) = ref.data.preprocess_interleaved(
           (record["json"],), ref_tok, transform, sim_threshold=0.24, min_num_images=1,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from flamingo_jax.evaluate import datasets
+from flamingo_jax.evaluate import catalog, datasets
 
 
 def test_coco_karpathy(eval_data):
@@ -30,28 +30,29 @@ def test_flickr_ids_are_file_stems_and_match_string_or_int_coco_ids(eval_data):
 
 
 def test_vqa_joins_by_question_id_and_builds_image_paths(eval_data):
-  for task, name in (("vqav2", "COCO_val2014_000000000006.jpg"), ("vizwiz", "VizWiz_val_00000006.jpg"),
-                     ("textvqa", "0000000000000006.jpg")):
+  for task, naming, name in (("vqav2", "coco", "COCO_val2014_000000000006.jpg"),
+                             ("vizwiz", "as_given", "VizWiz_val_00000006.jpg"),
+                             ("textvqa", "id_jpg", "0000000000000006.jpg")):
     cfg = eval_data[task]
-    test = datasets.read_vqa(cfg["test_questions"], cfg["test_annotations"], cfg["test_image_dir"], task)
+    test = datasets.read_vqa(cfg["test_questions"], cfg["test_annotations"], cfg["test_image_dir"], naming)
     assert os.path.basename(test[0].image_path) == name and os.path.exists(test[0].image_path)
     # The annotation file is in reverse order; each question still gets its own answers.
     assert test[0].answers[0]["answer"] == "blue" and test[1].answers[0]["answer"] == "yellow"
-  no_answers = datasets.read_vqa(cfg["test_questions"], None, cfg["test_image_dir"], "textvqa")
+  no_answers = datasets.read_vqa(cfg["test_questions"], None, cfg["test_image_dir"], "id_jpg")
   assert no_answers[0].answers is None
 
 
 def test_vqa_errors(eval_data, tmp_path):
   cfg = eval_data["vqav2"]
   with pytest.raises(ValueError, match="train2014, val2014 or test2015"):
-    datasets.read_vqa(cfg["test_questions"], None, str(tmp_path), "vqav2")
+    datasets.read_vqa(cfg["test_questions"], None, str(tmp_path), "coco")
   anns = json.load(open(cfg["test_annotations"]))
   anns["annotations"] = anns["annotations"][1:]
   json.dump(anns, open(tmp_path / "a.json", "w"))
   with pytest.raises(KeyError, match="no annotation"):
-    datasets.read_vqa(cfg["test_questions"], str(tmp_path / "a.json"), cfg["test_image_dir"], "vqav2")
+    datasets.read_vqa(cfg["test_questions"], str(tmp_path / "a.json"), cfg["test_image_dir"], "coco")
   with pytest.raises(FileNotFoundError):
-    datasets.read_vqa(str(tmp_path / "missing.json"), None, cfg["test_image_dir"], "vqav2")
+    datasets.read_vqa(str(tmp_path / "missing.json"), None, cfg["test_image_dir"], "coco")
 
 
 def test_hateful_memes_and_imagenet(eval_data):
@@ -59,7 +60,7 @@ def test_hateful_memes_and_imagenet(eval_data):
   test = datasets.read_hateful_memes(cfg["test_jsonl"], cfg["image_dir"])
   assert [e.label for e in test[:2]] == [0, 1] and test[0].text.startswith("this")
   assert os.path.exists(test[0].image_path)
-  data = datasets.load_task_data("imagenet", _Cfg(eval_data["imagenet"]))
+  data = catalog.get_task("imagenet").read(_Cfg(eval_data["imagenet"]))
   assert data.class_names == ("red circle", "blue square", "green ball")
   assert [e.label for e in data.test] == [0, 0, 1, 1, 2, 2]
   assert len(datasets.imagenet_class_names()) == 1000

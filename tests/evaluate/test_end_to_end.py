@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from flamingo_jax.evaluate import datasets, runner
+from flamingo_jax.evaluate import catalog, datasets, runner
 from flamingo_jax.evaluate.inference import EvalModel
 from flamingo_jax.evaluate.metrics import cider, classification, okvqa
 
@@ -93,9 +93,9 @@ def _answering_model(tiny_model, answers_by_image: dict[str, str]):
 
 
 def test_correct_answers_reach_the_right_examples(tiny_model, eval_cfg, tmp_path):
-  coco = datasets.load_task_data("coco", eval_cfg.data.coco).test
-  vizwiz = datasets.load_task_data("vizwiz", eval_cfg.data.vizwiz).test
-  vqav2 = datasets.load_task_data("vqav2", eval_cfg.data.vqav2).test
+  coco = catalog.get_task("coco").read(eval_cfg.data.coco).test
+  vizwiz = catalog.get_task("vizwiz").read(eval_cfg.data.vizwiz).test
+  vqav2 = catalog.get_task("vqav2").read(eval_cfg.data.vqav2).test
   out = str(tmp_path)
   # The fixture draws the same shapes for several tasks: one answer table per task.
   results, _ = runner.run(_answering_model(tiny_model, {e.image_path: e.caption for e in coco}),
@@ -143,3 +143,20 @@ def test_cached_latents_give_the_same_results(tiny_model, eval_cfg, tmp_path):
     assert fast[task][0]["mean"] == pytest.approx(plain[task][0]["mean"], abs=1e-6)
   distinct = len(cached.latents) - 1  # less the blank image
   assert cached.latents.misses == distinct and cached.latents.hits > 0  # demonstrations repeat
+
+
+def test_a_new_task_of_an_existing_kind_is_one_record(tiny_model, eval_cfg, tmp_path, monkeypatch):
+  """A user's VQA set in the official file format: one record (catalog.vqa_task) and its data
+  section; the runner prompts, decodes, post-processes, scores and reports it like VQAv2."""
+  task = catalog.vqa_task("my_vqa", "my_vqa", ("q_train.json", "a_train.json", "q_val.json", "a_val.json"),
+                          ("train2014", "val2014"), naming="coco", max_new_tokens=5)
+  monkeypatch.setitem(catalog.TASKS, "my_vqa", task)
+  assert catalog.data_section(task, "/data")["test_questions"] == "/data/my_vqa/q_val.json"
+  with eval_cfg.unlocked():
+    eval_cfg.data.my_vqa = eval_cfg.data.vqav2.to_dict()  # its data: the VQAv2 fixture's files
+  vqav2 = catalog.get_task("vqav2").read(eval_cfg.data.vqav2).test
+  model = _answering_model(tiny_model, {e.image_path: e.answers[0]["answer"] for e in vqav2})
+  results, paths = runner.run(model, eval_cfg, ["my_vqa", "vqav2"], [2], str(tmp_path), None, progress=False)
+  assert results["my_vqa"] == results["vqav2"] and results["my_vqa"][0]["mean"] == 100.0
+  assert results["my_vqa"][0]["mean"] == _oracle_vqa_accuracy(str(tmp_path), "my_vqa", 2, eval_cfg.data.my_vqa)
+  assert "| my_vqa (VQA accuracy) |" in open(paths["md"]).read()

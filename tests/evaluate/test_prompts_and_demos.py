@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from flamingo_jax.evaluate import datasets, demonstrations, prompts
+from flamingo_jax.evaluate import catalog, datasets, demonstrations, prompts
 from flamingo_jax.generate import DecodeSettings
 
 CAP = [datasets.CaptionExample(f"/i/{i}.jpg", f" caption {i} ", i, (f"caption {i}",)) for i in range(3)]
@@ -15,7 +15,7 @@ IMNET = [datasets.ClassificationExample(f"/n/{i}.JPEG", i, i) for i in range(3)]
 
 
 def test_captioning_prompt():
-  task = prompts.get_task("coco")
+  task = catalog.get_task("coco")
   assert prompts.build_prompt(task, CAP[:2], CAP[2], 2) == (
       "<image>Output:caption 0<|endofchunk|>\n<image>Output:caption 1<|endofchunk|>\n<image>Output:")
   # Zero-shot: two text-only demonstrations, only the query image.
@@ -26,13 +26,13 @@ def test_captioning_prompt():
 
 
 def test_vqa_prompt_uses_the_first_answer():
-  task = prompts.get_task("vqav2")
+  task = catalog.get_task("vqav2")
   assert prompts.build_prompt(task, VQA[:1], VQA[2], 1) == (
       "<image>Question:what is 0? Short answer:ans0<|endofchunk|>\n<image>Question:what is 2? Short answer:")
 
 
 def test_classification_prompts_and_the_zero_shot_image_bug():
-  hm = prompts.get_task("hateful_memes")
+  hm = catalog.get_task("hateful_memes")
   names = datasets.HATEFUL_MEMES_CLASSES
   assert prompts.build_prompt(hm, HM[:2], HM[2], 0, names) == (
       "is an image with: 'text 0' written on it. Is it hateful? Answer:no<|endofchunk|>"
@@ -43,21 +43,21 @@ def test_classification_prompts_and_the_zero_shot_image_bug():
   assert prompts.prompt_images(hm, HM[:2], HM[2], 0) == ["/h/2.png"]
   assert prompts.prompt_images(hm, HM[:2], HM[2], 0, reference_zero_shot_images=True) == [
       "/h/0.png", "/h/1.png", "/h/2.png"]
-  imnet = prompts.get_task("imagenet")
+  imnet = catalog.get_task("imagenet")
   assert prompts.build_prompt(imnet, IMNET[:1], IMNET[2], 1, ("tench", "goldfish", "shark")) == (
       "<image>Output:tench<|endofchunk|><image>Output:")
 
 
 def test_decoding_settings_per_task():
   for name in ("coco", "flickr30"):
-    assert prompts.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=20, min_new_tokens=0, length_penalty=0.0)
+    assert catalog.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=20, min_new_tokens=0, length_penalty=0.0)
   for name in ("vqav2", "ok_vqa", "vizwiz"):
-    assert prompts.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=5, min_new_tokens=0, length_penalty=0.0)
-  assert prompts.get_task("textvqa").decoding == DecodeSettings(num_beams=3, max_new_tokens=10, min_new_tokens=0, length_penalty=0.0)
-  assert prompts.get_task("hateful_memes").decoding is None
+    assert catalog.get_task(name).decoding == DecodeSettings(num_beams=3, max_new_tokens=5, min_new_tokens=0, length_penalty=0.0)
+  assert catalog.get_task("textvqa").decoding == DecodeSettings(num_beams=3, max_new_tokens=10, min_new_tokens=0, length_penalty=0.0)
+  assert catalog.get_task("hateful_memes").decoding is None
   assert [prompts.effective_shots(s) for s in (0, 1, 4)] == [2, 1, 4]
   with pytest.raises(ValueError, match="Unknown task"):
-    prompts.get_task("gqa")
+    catalog.get_task("gqa")
 
 
 @pytest.mark.parametrize("text", ['a "dog" runs Output: x', "plain", ' two cats"', "OutputOutput"])

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from flamingo_jax.evaluate import datasets, runner
+from flamingo_jax.evaluate import catalog, datasets, runner
 from tests.evaluate import tfds_fixture
 
 
@@ -33,24 +33,24 @@ def _same_examples(from_tfds, from_files):
 
 
 def test_coco_from_tfds_equals_the_karpathy_files(eval_cfg, tfds_dir, tmp_path):
-  files = datasets.load_task_data("coco", eval_cfg.data.coco)
+  files = catalog.get_task("coco").read(eval_cfg.data.coco)
   section = _tfds_section(eval_cfg, "coco", "coco_captions/2014", tfds_dir, tmp_path / "images")
-  from_tfds = datasets.load_task_data("coco", section)
+  from_tfds = catalog.get_task("coco").read(section)
   _same_examples(from_tfds.train, files.train)
   _same_examples(from_tfds.test, files.test)
   # A second read finds the images written out and leaves them alone.
   stamp = os.stat(from_tfds.test[0].image_path).st_mtime_ns
-  datasets.load_task_data("coco", section)
+  catalog.get_task("coco").read(section)
   assert os.stat(from_tfds.test[0].image_path).st_mtime_ns == stamp
 
 
 def test_imagenet_from_tfds_equals_the_image_folder(eval_cfg, tfds_dir, tmp_path):
-  files = datasets.load_task_data("imagenet", eval_cfg.data.imagenet)
+  files = catalog.get_task("imagenet").read(eval_cfg.data.imagenet)
   section = _tfds_section(eval_cfg, "imagenet", "imagenet2012", tfds_dir, tmp_path / "images")
   with pytest.raises(ValueError, match="1000 classes but 3 class names"):
-    datasets.load_task_data("imagenet", section)
+    catalog.get_task("imagenet").read(section)
   section.class_names = ""  # the 1000 ImageNet names, as the TFDS label feature has 1000 classes
-  from_tfds = datasets.load_task_data("imagenet", section)
+  from_tfds = catalog.get_task("imagenet").read(section)
   assert from_tfds.class_names == datasets.imagenet_class_names()
   _same_examples(from_tfds.train, files.train)
   _same_examples(from_tfds.test, files.test)
@@ -69,10 +69,10 @@ def test_coco_task_results_are_the_same_from_tfds(tiny_model, eval_cfg, tfds_dir
 def test_tfds_errors(eval_cfg, tfds_dir, tmp_path):
   section = _tfds_section(eval_cfg, "coco", "coco_captions/2014", str(tmp_path / "empty"), tmp_path / "img")
   with pytest.raises(FileNotFoundError, match="coco_captions/2014/1.1.0 is not prepared"):
-    datasets.load_task_data("coco", section)
+    catalog.get_task("coco").read(section)
   section.update(tfds_data_dir=tfds_dir, tfds_image_dir="")
   with pytest.raises(ValueError, match="set tfds_image_dir"):
-    datasets.load_task_data("coco", section)
+    catalog.get_task("coco").read(section)
   flickr = _tfds_section(eval_cfg, "flickr30", "coco_captions/2014", tfds_dir, tmp_path / "img")
   with pytest.raises(ValueError, match="only coco and imagenet"):
-    datasets.load_task_data("flickr30", flickr)
+    catalog.get_task("flickr30").read(flickr)

@@ -57,7 +57,7 @@ def _one_step(cfg, non_finite=None):
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
   variables = load.initial_variables(cfg, mesh, rule_set)
   tx = optimizer.make_optimizer(cfg.optim)
-  step = jax.jit(step_lib.make_train_step(cfg.model, cfg.optim, non_finite))
+  step = jax.jit(step_lib.make_train_step(cfg, non_finite))
   with rules.activate(mesh, rule_set):
     state = jax.jit(lambda p: TrainState.create(p, tx))(variables["params"])
     batches = {k: rules.global_batch(v, mesh) for k, v in _batches(cfg).items()}
