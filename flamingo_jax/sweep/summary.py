@@ -15,11 +15,11 @@ from etils import epath
 
 from flamingo_jax import paths
 from flamingo_jax.sweep import runner
-from flamingo_jax.train import metrics
+from flamingo_jax.train import goodput, metrics
 
 # Beside each dataset's "loss_<name> final" and "loss_<name> best" (the mixture's datasets).
 COLUMNS = ("validation loss final", "validation loss best", "held-out loss", "held-out loss, blank images",
-           "samples/s", "MFU")
+           "samples/s", "MFU", "goodput", "restarts")
 
 
 def columns(datasets: list[str]) -> list[str]:
@@ -50,6 +50,10 @@ def collect(root: str) -> tuple[list[str], list[dict[str, Any]], dict[str, dict[
            "status": "done" if steps >= total else ("partial" if steps else "not started"),
            "steps": f"{steps}/{total}"}
     row.update(_metric_columns(scalars, list(datasets)))
+    account = directory / goodput.FILE  # train/goodput.py: where the point's time went
+    if account.exists():
+      recorded = json.loads(account.read_text())
+      row.update(goodput=recorded["goodput"], restarts=recorded["restarts"])
     rows.append(row)
     curves[p["name"]] = scalars.get("loss", {})
   return keys, rows, curves, list(datasets)

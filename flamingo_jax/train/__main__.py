@@ -9,7 +9,11 @@ the same command on every host (see flamingo_jax/runtime.py for how the hosts fi
 """
 from __future__ import annotations
 
-from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports
+import time
+
+_STARTED = time.time()  # the goodput account's start-up counts from here
+
+from flamingo_jax import cli  # first: its quiet start precedes the libraries' imports  # noqa: E402
 from absl import flags
 from ml_collections import config_flags
 
@@ -26,7 +30,7 @@ def main(argv):
   cfg = _CONFIG.value
   runtime.start(cfg.backend)
   from flamingo_jax.train import loop  # pylint: disable=g-import-not-at-top
-  loop.train_and_evaluate(cfg, _WORKDIR.value)
+  loop.train_and_evaluate(cfg, _WORKDIR.value, started=_STARTED)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from flamingo_jax import config_check, paths, workdir as workdir_lib
 from flamingo_jax.data import batch as batch_lib, pipeline, tokenizer as tok_lib
 from flamingo_jax.models import rules
-from flamingo_jax.train import checkpoint, image_buffers, metrics, optimizer, prefetch, step as step_lib
+from flamingo_jax.train import checkpoint, goodput, image_buffers, metrics, optimizer, prefetch, step as step_lib
 from flamingo_jax.train import state as state_lib, validation as validation_lib
 from flamingo_jax.train.state import TrainState
 from flamingo_jax.errors import NonFiniteError  # noqa: F401 (re-exported)
@@ -82,18 +82,22 @@ class TrainRun:
   non_finite: NonFinitePolicy
   packing: dict  # {dataset: (groups, per_group) or None}: train/image_buffers.py
   validation: validation_lib.Validation | None  # None: no held-out shards
+  account: goodput.Account  # where the run's time went, over its restarts
   validated: list[dict[str, float]] = dataclasses.field(default_factory=list)  # each validation's losses
   # Skip counts up to the batches last taken (the reader thread's counter runs ahead of them).
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  last_saved: int | None = None  # the step of the last checkpoint begun
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
     return rules.activate(self.mesh, self.rules)
 
 
-def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
+def setup(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = None) -> TrainRun:
   """Builds a run: mesh, tokenizer, data, variables, optimizer state (restored from `workdir`'s
-  latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption."""
+  latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption, and
+  the goodput account (its start-up counted from `started`, default now)."""
+  started = time.time() if started is None else started
   slices = len(rules.slices_of(jax.devices()))
   config_check.check(cfg, jax.device_count(), jax.process_count(), slices)  # before any work
   workdir = paths.resolve(workdir)
@@ -132,9 +136,13 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str) -> TrainRun:
       print(f"{name}: the vision tower runs on {p[0] * p[1]} images per batch (data.{name}.image_buffer; "
             f"{cfg.data[name].batch_size * batch_lib.image_slots(name, cfg.data)} slots)", flush=True)
   step_fn = step_lib.jit_train_step(cfg, mesh, shardings, non_finite, packing)
+  account = goodput.Account.open(workdir, started, start)
+  if account.restarts:
+    print(f"So far: {account.summary()}", flush=True)
+  account.mark(int(start or 0))  # start-up is over: recorded even if this process dies compiling
   return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
-                  non_finite, packing, validation)
+                  non_finite, packing, validation, account)
 
 
 def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> ml_collections.ConfigDict:
@@ -190,10 +198,12 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
       # tiny run's wall time with the reader's queue full at 397 of 400 steps).
       batches = None
       waiting = time.perf_counter()
+      run.account.switch("input_wait")
       batches = reader.next()
       waited = time.perf_counter() - waiting
       run.skipped = {k: v for state in reader.states().values() for k, v in state["skipped"].items()}
       throughput.waited_for_input(waited)
+      run.account.work()
       new_state, m = run.step_fn(run.state, run.frozen, batches)
       watch(step + 1, {"state": run.state, "frozen": run.frozen, "batches": batches})
       if pending:  # the previous step, which has finished or nearly
@@ -203,36 +213,60 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
       for hook in hooks:
         hook(step)
       preempted = run.preemption.requested(step)
-      if preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps:
-        history += _finish_step(run, *pending, throughput, t0, force=True)  # checked before it is saved
-        pending = None
-        run.ckpt.save(step, run.state, reader.positions(), force=preempted)
-      if preempted:
-        run.ckpt.wait()
-        print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
-        raise SystemExit(0)
+      save = preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps
+      if save:
+        run.non_finite.check(step, m, force=True)  # before anything of the step is saved
       every = cfg.train.validate_every
-      if run.validation and every and (step % every == 0 or step == cfg.train.num_steps):
+      if run.validation and every and not preempted and (step % every == 0 or step == cfg.train.num_steps):
         _validate(run, step)
+      if save:
+        # The step's validation, checkpoint, then its log line: a run resumed from this checkpoint
+        # redoes none of them, and the next step's log is one step's time after this one's.
+        _save(run, step, reader.positions(), preempted)
+        history += _finish_step(run, *pending, throughput, t0, checked=True)
+        pending = None
+        if preempted:
+          _exit_preempted(run, step)
   return history
+
+
+def _save(run: TrainRun, step: int, positions: dict, preempted: bool) -> None:
+  """Starts saving step `step` (its blocking part counted as checkpoint time)."""
+  run.account.switch("checkpoint")
+  run.ckpt.save(step, run.state, positions, force=preempted)
+  # Orbax finishes a save before it starts the next: the one before this is committed.
+  run.account.mark(step, checkpoint_before=run.last_saved)
+  run.last_saved = step
+  run.account.work()
+
+
+def _exit_preempted(run: TrainRun, step: int) -> None:
+  """After a preemption notice: the step's checkpoint written whole, the event recorded, exit 0."""
+  run.account.record("preemption", step=step, process=jax.process_index())
+  run.account.switch("checkpoint")
+  run.ckpt.wait()
+  print(f"Preempted: checkpoint for step {step} written to {run.ckpt.directory}", flush=True)
+  raise SystemExit(0)
 
 
 def _validate(run: TrainRun, step: int) -> None:
   """The validation loss of the weights after `step`: logged, printed and kept in `run.validated`."""
+  run.account.switch("validation")
   out = run.validation.losses(run.state.params, run.frozen)
   run.writer.write_scalars(step, {**out, **{f"val/skipped/{k}": float(v) for k, v in run.validation.skipped.items()}})
   parts = [f"total {out['val/loss']:.4f}"] if "val/loss" in out else []
   parts += [f"{name} {out[f'val/loss_{name}']:.4f}" for name in run.iterators if f"val/loss_{name}" in out]
   print(f"step {step}/{run.cfg.train.num_steps}  validation loss (held-out) {'  '.join(parts)}", flush=True)
   run.validated.append({"step": step, **out})
+  run.account.work()
 
 
 def _finish_step(run: TrainRun, step: int, m: dict, throughput, t0: float,
-                 force: bool = False) -> list[dict[str, float]]:
+                 checked: bool = False) -> list[dict[str, float]]:
   """A dispatched step's host side: the non-finite check (raises before anything of a stopped
-  step is saved; `force`: whatever train.check_finite_every says) and, every `log_every` steps,
-  its log line."""
-  run.non_finite.check(step, m, force)
+  step is saved; not again when `checked`) and, every `log_every` steps, its log line."""
+  if not checked:
+    run.non_finite.check(step, m)
   if step % run.cfg.train.log_every == 0 or step == run.cfg.train.num_steps:
     return [_log(run, step, m, throughput, t0)]
   return []
@@ -244,8 +278,11 @@ def _log(run: TrainRun, step: int, m: dict, throughput, t0: float) -> dict[str, 
   logged = {**metrics.scalars(m), **throughput(step), "lr": float(optimizer.schedule(cfg.optim)(step - 1)),
             **{f"skipped/{k}": float(v) for k, v in run.skipped.items()}, **run.non_finite.scalars()}
   logged.pop("finite", None)
+  logged.update(run.account.scalars())
   logged["step"] = step
   run.writer.write_scalars(step, logged)
+  run.writer.flush()  # on disk before the account counts the step: a kill loses neither alone
+  run.account.mark(step)
   gates = np.mean([v for k, v in logged.items() if k.startswith("gates/attn_gate")])
   losses = "".join(f"  {name} {logged[f'loss_{name}']:.4f}" for name in run.iterators)
   print(f"step {step}/{cfg.train.num_steps}  loss {logged['loss']:.4f}{losses}  mean tanh(attn_gate) "
@@ -264,19 +301,24 @@ class TrainResult:
   validated: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint."""
-  run = setup(cfg, workdir)
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = None) -> TrainResult:
+  """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint; its
+  goodput account (start-up from `started`, default now) is written and printed however it ends."""
+  run = setup(cfg, workdir, started)
   try:
     history = run_steps(run)
+    run.account.switch("validation")  # while the last checkpoint is written
+    final = evaluate_image_dependence(run)
+    if cfg.train.get("final_captions", 0) and jax.process_count() == 1:  # (a tiny run's show)
+      caption_held_out_images(run, cfg.train.final_captions)
   finally:
     run.preemption.restore()
+    run.account.switch("checkpoint")
     run.ckpt.close()
-  final = evaluate_image_dependence(run)
-  run.writer.write_scalars(int(run.state.step), final)
+    run.account.write()
+    print(run.account.summary(), flush=True)
+  run.writer.write_scalars(int(run.state.step), {**final, **run.account.scalars()})
   run.writer.flush()
-  if cfg.train.get("final_captions", 0) and jax.process_count() == 1:  # (a tiny run's show)
-    caption_held_out_images(run, cfg.train.final_captions)
   print(f"TensorBoard logs: {run.workdir}   Orbax checkpoints: {run.ckpt.directory}", flush=True)
   return TrainResult(history, final, run.state, run.validated)
 

@@ -1,7 +1,9 @@
 """The training CLI killed with SIGKILL at random moments (mid-step, mid-checkpoint, while
 starting) resumes each time from its newest whole checkpoint and computes the uninterrupted run's
-losses, bitwise. The uninterrupted run also shows what a user reads: our own lines, no library
-start-up notices."""
+losses, bitwise; its goodput account counts the restarts, the steps computed again as lost work
+(what the event files say they took) and no compile on a restart with a warm compilation cache.
+The uninterrupted run also shows what a user reads: our own lines, no library start-up notices."""
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +38,21 @@ def _logged(workdir: str, tag: str) -> list[tuple[int, float]]:
     for event in tf.compat.v1.train.summary_iterator(path):
       out += [(event.step, float(tf.make_ndarray(v.tensor))) for v in event.summary.value if v.tag == tag]
   return out
+
+
+def _lost_by_the_event_files(workdir: str) -> float:
+  """What the steps computed again took the first time, from each process's event file: the
+  time between a step's log and the previous step's (log_every=1; a step is logged after its
+  validation and checkpoint), for every step a later process logged again. A process's first
+  step has no previous log in its file: its warm-up counts as compile."""
+  files = sorted(tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*"))
+  times = [{e.step: e.wall_time for e in tf.compat.v1.train.summary_iterator(path)
+            if any(v.tag == "loss" for v in e.summary.value)} for path in files]
+  lost = 0.0
+  for k, logged in enumerate(times[:-1]):
+    again = {s for later in times[k + 1:] for s in later}
+    lost += sum(logged[s] - logged[s - 1] for s in logged if s in again and s - 1 in logged)
+  return lost
 
 
 def _kill_at_step(command: list[str], step: int, delay: float) -> str:
@@ -80,3 +97,13 @@ def test_sigkill_at_random_moments_resumes_with_the_same_losses(shards, tmp_path
   # checkpoint), never from behind an earlier resume; a kill during a checkpoint's write may leave
   # two starts at the same step, so equal steps are allowed.
   assert len(resumed) >= 2 and resumed == sorted(resumed), resumed
+  # The goodput account: 3 restarts, the recomputed steps' first cost as lost work, a warm restart.
+  account = json.load(open(os.path.join(killed_dir, "goodput.json")))
+  expected_lost = _lost_by_the_event_files(killed_dir)
+  assert account["restarts"] == 3 and [e["event"] for e in account["events"]] == ["restart"] * 3
+  assert expected_lost > 0 and abs(account["lost_s"] - expected_lost) <= 0.1 * expected_lost + 0.2, (
+      account["lost_by_category"], expected_lost)
+  assert account["lost_s"] == pytest.approx(sum(account["lost_by_category"].values()))
+  assert account["total_s"] == pytest.approx(sum(account["seconds"].values()))
+  assert account["this_process"]["compiles_written_to_cache"] == 0 and account["this_process"]["cache_hits"] >= 1
+  assert f"goodput {100 * account['goodput']:.1f}% over 3 restarts" in final.stdout

@@ -6,6 +6,7 @@ They agree on every logged loss, write one checkpoint with a data position per p
 it exactly, and save together at the step JAX's preemption service picks when only one of them
 gets SIGTERM.
 """
+import json
 import os
 import shutil
 import signal
@@ -107,6 +108,11 @@ def test_preempted_two_process_run_resumes_exactly(shards, straight_run, tmp_pat
   outs = _finish(procs)
   saved = [int(out.split("Preempted: checkpoint for step ")[1].split()[0]) for out in outs]
   assert saved[0] == saved[1] and 12 <= saved[0] < 400, outs[0][-2000:]
+  # Each host's goodput account records the preemption at the agreed step.
+  for name, process in (("goodput.json", 0), ("goodput.process_1.json", 1)):
+    events = json.load(open(workdir / name))["events"]
+    assert [e for e in events if e["event"] == "preemption"] == [
+        {"event": "preemption", "step": saved[0], "process": process, "time": events[-1]["time"]}], events
   assert checkpoint.Checkpointer(str(workdir), 10).latest_step() == saved[0]
   resumed = metrics.read_scalars(str(workdir))["loss"]
   assert sorted(resumed) == list(range(11, saved[0] + 1))
