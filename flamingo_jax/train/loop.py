@@ -98,8 +98,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = 
   latest checkpoint if there is one), the compiled step, checkpointer, writer, preemption, and
   the goodput account (its start-up counted from `started`, default now)."""
   started = time.time() if started is None else started
-  slices = len(rules.slices_of(jax.devices()))
-  config_check.check(cfg, jax.device_count(), jax.process_count(), slices)  # before any work
+  _check_config(cfg)
   workdir = paths.resolve(workdir)
   mesh, rule_set = rules.make_mesh(cfg.mesh), rules.logical_rules(cfg)
   print(f"mesh {rules.describe(mesh)} ({jax.device_count()} {jax.devices()[0].platform} devices, "
@@ -143,6 +142,11 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = 
   return TrainRun(cfg, workdir, mesh, rule_set, tok, iters, variables["frozen"], state,
                   int(start or 0), step_fn, ckpt, metrics.make_writer(workdir), _Preemption(ckpt),
                   non_finite, packing, validation, account)
+
+
+def _check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Every problem of the config against this job's devices, before any work."""
+  config_check.check(cfg, jax.device_count(), jax.process_count(), len(rules.slices_of(jax.devices())))
 
 
 def _with_image_buffers(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> ml_collections.ConfigDict:
@@ -303,7 +307,19 @@ class TrainResult:
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = None) -> TrainResult:
   """Trains for `cfg.train.num_steps`, resuming from `workdir` if it holds a checkpoint; its
-  goodput account (start-up from `started`, default now) is written and printed however it ends."""
+  goodput account (start-up from `started`, default now) is written and printed however it ends.
+  The job holds the workdir's lease (process 0) from before it writes anything until it exits:
+  a second live job on the same workdir is refused, naming the holder."""
+  _check_config(cfg)  # a bad config writes nothing, not even the lease
+  lease = workdir_lib.Lease(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    return _train_and_evaluate(cfg, workdir, started)
+  finally:
+    if lease:
+      lease.release()
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, started: float | None) -> TrainResult:
   run = setup(cfg, workdir, started)
   try:
     history = run_steps(run)

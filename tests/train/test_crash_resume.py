@@ -6,6 +6,7 @@ The uninterrupted run also shows what a user reads: our own lines, no library st
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,3 +108,25 @@ def test_sigkill_at_random_moments_resumes_with_the_same_losses(shards, tmp_path
   assert account["total_s"] == pytest.approx(sum(account["seconds"].values()))
   assert account["this_process"]["compiles_written_to_cache"] == 0 and account["this_process"]["cache_hits"] >= 1
   assert f"goodput {100 * account['goodput']:.1f}% over 3 restarts" in final.stdout
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_live_workdir_is_refused_until_the_holder_is_gone(shards, tmp_path):
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen(_command(shards, workdir) + ["--config.train.num_steps=100000"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in holder.stdout:
+      if line.startswith("step 2/"):
+        break
+    second = subprocess.run(_command(shards, workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1 and second.stderr.strip().splitlines()[-1].startswith(
+        f"error: {workdir} is in use by another job (host {socket.gethostname()}, pid {holder.pid}, renewed "), second.stderr
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is gone (killed: its lease names a process that no longer exists): a job starts.
+  done = subprocess.run(_command(shards, workdir) + ["--config.train.num_steps=3"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and "TensorBoard logs:" in done.stdout, done.stderr[-2000:]
+  assert not os.path.exists(os.path.join(workdir, "lease.json"))  # released at exit

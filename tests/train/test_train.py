@@ -2,10 +2,12 @@
 frozen weights untouched, no optimizer state for frozen weights, non-finite stop and skip (a
 SIGTERM'd run's checkpoint: tests/train/test_sweep.py)."""
 import collections
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import grain
@@ -371,3 +373,21 @@ def test_a_step_that_compiles_again_is_named():
     state = new.astype(jnp.float32)
   assert len(watch.warnings) == 1 and watch.warnings[0].startswith("step 3: the train step compiled again")
   assert "['batches']['x']: (2, 3) float32" in watch.warnings[0] and "-> (2, 3) bfloat16" in watch.warnings[0]
+
+
+def test_a_workdir_lease_names_its_holder_and_lapses_on_gcs(gcs_bucket):
+  """The lease of a gs:// workdir: another host's live lease refuses a job, naming it; a lapsed
+  one (no renewal for the lease's seconds) is taken over; the holder's own exit releases it."""
+  from etils import epath
+  from flamingo_jax import workdir
+  path = epath.Path("gs://bucket/leased") / workdir.LEASE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  other = {"host": "tpu-vm-7", "pid": 4242, "token": "x"}
+  path.write_text(json.dumps({**other, "renewed": time.time()}))
+  with pytest.raises(workdir.WorkdirInUseError, match=r"^gs://bucket/leased is in use by another job "
+                     r"\(host tpu-vm-7, pid 4242, renewed \d+ s ago\); it lapses 60 s after"):
+    workdir.Lease("gs://bucket/leased").acquire()
+  path.write_text(json.dumps({**other, "renewed": time.time() - 61}))
+  with workdir.Lease("gs://bucket/leased") as lease:
+    assert json.loads(path.read_text())["token"] == lease.me["token"]
+  assert not path.exists()
