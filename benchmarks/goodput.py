@@ -1,7 +1,8 @@
 """Goodput of a tiny run killed with SIGKILL several times, with and without the persistent
-compilation cache: where each process's time went (start-up, compile) and the run's account.
+compilation cache and the frequent checkpoint tier: where each process's time went (start-up,
+compile) and the run's account.
 
-  python benchmarks/goodput.py                       # 4 kills, 200 steps, cache on then off
+  python benchmarks/goodput.py          # 4 kills, 200 steps: cache on/off x frequent tier on/off
 
 Each setting starts from an empty workdir (and, with the cache, an empty cache directory: the
 first process compiles cold, every restart reads the cache). Prints one line per process (its
@@ -22,10 +23,11 @@ import threading
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _command(workdir: str, steps: int) -> list[str]:
+def _command(workdir: str, steps: int, frequent: int) -> list[str]:
   return [sys.executable, "-m", "flamingo_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
           f"--config.train.num_steps={steps}", "--config.train.log_every=10", "--config.checkpoint.every_steps=50",
-          "--config.train.validate_every=100", "--config.train.final_captions=0"]
+          f"--config.checkpoint.frequent_every={frequent}", "--config.train.validate_every=100",
+          "--config.train.final_captions=0"]
 
 
 def _run(command: list[str], env: dict, kill_after_step: int | None) -> None:
@@ -44,14 +46,14 @@ def _account(workdir: str) -> dict:
     return json.load(f)
 
 
-def setting(name: str, cache: bool, steps: int, kills: list[int]) -> dict:
+def setting(name: str, cache: bool, frequent: int, steps: int, kills: list[int]) -> dict:
   workdir, cache_dir = tempfile.mkdtemp(prefix="goodput_run_"), tempfile.mkdtemp(prefix="goodput_xla_")
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env["FLAMINGO_JAX_COMPILE_CACHE"] = cache_dir if cache else "0"
   before = {"startup": 0.0, "compile": 0.0}
   try:
     for i, kill in enumerate(kills + [None]):
-      _run(_command(workdir, steps), env, kill)
+      _run(_command(workdir, steps, frequent), env, kill)
       seconds = _account(workdir)["seconds"]
       grown = {k: seconds[k] - before[k] for k in before}
       before = {k: seconds[k] for k in before}
@@ -73,10 +75,13 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--kills", default="30,70,110,160", help="steps after which a process is killed")
+  parser.add_argument("--frequent", type=int, default=10, help="the frequent tier's interval when on")
   a = parser.parse_args()
   kills = [int(k) for k in a.kills.split(",") if k]
-  for name, cache in (("cache on", True), ("cache off", False)):
-    setting(name, cache, a.steps, kills)
+  for cache in (True, False):
+    for frequent in (0, a.frequent):
+      name = f"cache {'on' if cache else 'off'}, frequent tier {f'every {frequent}' if frequent else 'off'}"
+      setting(name, cache, frequent, a.steps, kills)
 
 
 if __name__ == "__main__":

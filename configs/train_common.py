@@ -23,9 +23,12 @@ def train_config(tiny: bool = False) -> ml_collections.ConfigDict:
                                           # After training: caption this many held-out
                                           # synthetic images (tiny runs show what was learned).
                                           final_captions=0))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base=""))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, base="",
+                                               # Between those: a frequent tier for restarts
+                                               # (train/checkpoint.py: Tiers); 0: off.
+                                               frequent_every=100, frequent_keep=2, frequent_dir=""))
   if tiny:
     c.optim.update(learning_rate=1e-3, warmup_steps=20)
     c.train.update(num_steps=1000, log_every=50, final_captions=4, validate_every=250, validation_batches=4)
-    c.checkpoint.update(every_steps=250)
+    c.checkpoint.update(every_steps=250, frequent_every=50)
   return c

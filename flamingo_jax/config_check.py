@@ -122,7 +122,8 @@ MINIMA = {
     "optim.grad_clip_norm": 0, "optim.eps": 0, "optim.total_steps": 0,
     "train.num_steps": 1, "train.log_every": 1, "train.check_finite_every": 0,
     "train.max_skipped_in_a_row": 0, "train.validate_every": 0, "train.final_captions": 0,
-    "checkpoint.every_steps": 1, "checkpoint.keep": 1, "data.workers": 0, "data.read_threads": 1,
+    "checkpoint.every_steps": 1, "checkpoint.keep": 1,
+    "checkpoint.frequent_every": 0, "checkpoint.frequent_keep": 1, "data.workers": 0, "data.read_threads": 1,
 }  # and each dataset's (data/kinds.py: COMMON_MINIMA, its kind's minima)
 
 

@@ -4,7 +4,9 @@
   <workdir>/checkpoints/<step>/state/         Orbax: TrainState {step, params, opt_state}
   <workdir>/checkpoints/<step>/data_<name>/   Grain: dataset <name>'s position, a JSON per process
   <workdir>/checkpoints/damaged/<step>/       steps that did not restore, set aside
+  <workdir>/checkpoints/frequent/<step>/      the frequent tier (train/checkpoint.py: Tiers), for restarts
   <workdir>/events.out.tfevents.*             TensorBoard scalars
+  <workdir>/finished.json                     written last, once the final step's evaluation is (FINISHED)
   <workdir>/goodput.json                      where the run's time went (train/goodput.py)
   <workdir>/lease.json                        the live job that holds the workdir (`Lease`)
 
@@ -32,7 +34,9 @@ from flamingo_jax import errors, paths, tree
 # needs to rebuild the model (the frozen weights come from its base checkpoint or its seed).
 RUN_CONFIG = "train_config.json"
 CHECKPOINTS = "checkpoints"
+FINISHED = "finished.json"
 STATE_ITEM = "state"
+FREQUENT = "frequent"  # the frequent tier's steps, beside the kept ones
 DAMAGED = "damaged"  # checkpoints that did not restore, kept for a person to look at
 
 
@@ -43,6 +47,12 @@ def data_item(name: str) -> str:
 
 def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(paths.resolve(workdir)) / CHECKPOINTS
+
+
+def frequent_dir(workdir: str, configured: str = "") -> epath.Path:
+  """Where the frequent checkpoint tier is: `checkpoint.frequent_dir` if set, else in the workdir.
+  Every host of a job must see the same directory (Orbax commits a step from process 0)."""
+  return epath.Path(paths.resolve(configured)) if configured else checkpoint_dir(workdir) / FREQUENT
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -58,6 +68,20 @@ def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     directory = epath.Path(paths.resolve(workdir))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
+
+
+def write_finished(workdir: str, step: int, results: dict[str, float]) -> None:
+  """Records that the run is complete at `step`: its last checkpoint, validation, evaluation and
+  logs are written (process 0; the last thing a run writes)."""
+  if jax.process_index() == 0:
+    (epath.Path(paths.resolve(workdir)) / FINISHED).write_text(
+        json.dumps({"step": step, "results": results, "time": time.time()}, indent=1))
+
+
+def finished_step(workdir: str) -> int:
+  """The step a run completed at (its evaluation written too), 0 when it has not completed."""
+  path = epath.Path(paths.resolve(workdir)) / FINISHED
+  return int(json.loads(path.read_text())["step"]) if path.exists() else 0
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:

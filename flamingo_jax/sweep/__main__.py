@@ -95,9 +95,9 @@ def run(args, base: dict, flags: list[str]) -> int:
   runner.record(args.workdir, args.config, every)
   todo = []
   for job in jobs:
-    done = runner.steps_done(runner.point_dir(args.workdir, job.point))
-    if done >= job.point.config.train.num_steps:
-      print(f"sweep: {job.point.name} finished already ({done} steps): skipped", flush=True)
+    total = job.point.config.train.num_steps
+    if runner.finished(runner.point_dir(args.workdir, job.point), total):
+      print(f"sweep: {job.point.name} finished already ({total} steps): skipped", flush=True)
     else:
       todo.append(job)
   status = runner.Runner(todo, args.parallel, log=lambda line: print(line, flush=True)).run()

@@ -1,7 +1,7 @@
 """Running a sweep: every point is a training run (`python -m flamingo_jax.train`, or a job through
 `launch/tpu_vm.sh`) in its own workdir under the sweep's root.
 
-A point whose latest checkpoint is its last step is done and skipped on a rerun; an interrupted
+A point whose run completed (its `finished.json` written after the final evaluation) is skipped on a rerun; an interrupted
 one resumes from its checkpoint (training resumes exactly). SIGTERM or Ctrl-C to the sweep
 passes SIGTERM to the running points (each saves and exits) and starts nothing new.
 """
@@ -48,6 +48,12 @@ def record(root: str, config_arg: str, points: list[Point]) -> None:
 def steps_done(directory: epath.Path) -> int:
   """The latest step Orbax has finalised in a point's workdir (0: none)."""
   return max(workdir.saved_steps(str(directory)), default=0)
+
+
+def finished(directory: epath.Path, num_steps: int) -> bool:
+  """Whether a point's run completed all `num_steps` steps, its final validation and evaluation
+  written too (a checkpoint of the last step alone is not enough: a kill may come after it)."""
+  return workdir.finished_step(str(directory)) >= num_steps
 
 
 def train_command(config_arg: str, root: str, point: Point, base_flags: list[str]) -> list[str]:

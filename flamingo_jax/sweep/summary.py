@@ -47,7 +47,7 @@ def collect(root: str) -> tuple[list[str], list[dict[str, Any]], dict[str, dict[
     steps = runner.steps_done(directory)
     scalars = metrics.read_scalars(str(directory)) if list(directory.glob("events.out.tfevents*")) else {}
     row = {"point": p["name"], **{k: p["overrides"].get(k, "") for k in keys},
-           "status": "done" if steps >= total else ("partial" if steps else "not started"),
+           "status": "done" if runner.finished(directory, total) else ("partial" if steps else "not started"),
            "steps": f"{steps}/{total}"}
     row.update(_metric_columns(scalars, list(datasets)))
     account = directory / goodput.FILE  # train/goodput.py: where the point's time went

@@ -42,7 +42,7 @@ class _Preemption:
   catches SIGTERM itself, so no Python handler is installed) picks the step.
   """
 
-  def __init__(self, ckpt: checkpoint.Checkpointer):
+  def __init__(self, ckpt: checkpoint.Tiers):
     self._ckpt = ckpt
     self._flag = False
     self._local = jax.process_count() == 1
@@ -76,7 +76,7 @@ class TrainRun:
   state: TrainState
   start_step: int
   step_fn: Any
-  ckpt: checkpoint.Checkpointer
+  ckpt: checkpoint.Tiers
   writer: Any
   preemption: _Preemption
   non_finite: NonFinitePolicy
@@ -86,7 +86,6 @@ class TrainRun:
   validated: list[dict[str, float]] = dataclasses.field(default_factory=list)  # each validation's losses
   # Skip counts up to the batches last taken (the reader thread's counter runs ahead of them).
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
-  last_saved: int | None = None  # the step of the last checkpoint begun
 
   def context(self):
     """The mesh and its logical-axis rules, entered once around the whole run."""
@@ -118,12 +117,12 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, started: float | None = 
   shardings = state_lib.state_shardings(variables["params"], tx, mesh)
   with rules.activate(mesh, rule_set):
     state = state_lib.create_on_mesh(variables["params"], tx, shardings)
-  ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep, data_names=tuple(iters))
+  ckpt = checkpoint.Tiers(workdir, cfg.checkpoint, data_names=tuple(iters))
   # The model state and the data positions it belongs to, together; a damaged step set aside.
-  start, restored = ckpt.restore_latest(checkpoint.abstract_like(state), iters)
+  start, restored, tier = ckpt.restore_latest(checkpoint.abstract_like(state), iters)
   if start is not None:
     state = restored
-    print(f"Resumed from step {start} in {ckpt.directory}", flush=True)
+    print(f"Resumed from step {start} in {tier.directory}", flush=True)
   non_finite = NonFinitePolicy.from_config(cfg.train)
   recorded = workdir_lib.read_run_config(workdir) if start is not None else None
   packing = image_buffers.plan(cfg.data, iters, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
@@ -217,16 +216,18 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
       for hook in hooks:
         hook(step)
       preempted = run.preemption.requested(step)
-      save = preempted or step % cfg.checkpoint.every_steps == 0 or step == cfg.train.num_steps
-      if save:
+      tier = run.ckpt.due(step, cfg.train.num_steps, preempted)
+      if tier:
         run.non_finite.check(step, m, force=True)  # before anything of the step is saved
       every = cfg.train.validate_every
-      if run.validation and every and not preempted and (step % every == 0 or step == cfg.train.num_steps):
+      # A validation step validates even when preempted (train.validation_batches bound it): a run
+      # resumed from its checkpoint would not validate it again.
+      if run.validation and every and (step % every == 0 or step == cfg.train.num_steps):
         _validate(run, step)
-      if save:
+      if tier:
         # The step's validation, checkpoint, then its log line: a run resumed from this checkpoint
         # redoes none of them, and the next step's log is one step's time after this one's.
-        _save(run, step, reader.positions(), preempted)
+        _save(run, tier, step, reader.positions(), preempted)
         history += _finish_step(run, *pending, throughput, t0, checked=True)
         pending = None
         if preempted:
@@ -234,13 +235,11 @@ def run_steps(run: TrainRun) -> list[dict[str, float]]:
   return history
 
 
-def _save(run: TrainRun, step: int, positions: dict, preempted: bool) -> None:
-  """Starts saving step `step` (its blocking part counted as checkpoint time)."""
+def _save(run: TrainRun, tier: checkpoint.Checkpointer, step: int, positions: dict, preempted: bool) -> None:
+  """Starts saving step `step` in `tier` (its blocking part counted as checkpoint time)."""
   run.account.switch("checkpoint")
-  run.ckpt.save(step, run.state, positions, force=preempted)
-  # Orbax finishes a save before it starts the next: the one before this is committed.
-  run.account.mark(step, checkpoint_before=run.last_saved)
-  run.last_saved = step
+  committed = run.ckpt.save(tier, step, run.state, positions, force=preempted)
+  run.account.mark(step, checkpoint_before=committed)
   run.account.work()
 
 
@@ -335,6 +334,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, started: f
     print(run.account.summary(), flush=True)
   run.writer.write_scalars(int(run.state.step), {**final, **run.account.scalars()})
   run.writer.flush()
+  workdir_lib.write_finished(run.workdir, int(run.state.step), final)  # the last thing written
   print(f"TensorBoard logs: {run.workdir}   Orbax checkpoints: {run.ckpt.directory}", flush=True)
   return TrainResult(history, final, run.state, run.validated)
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 18
+FREQUENT = 2  # the frequent checkpoint tier's interval (the kept tier's: 6)
 # What TensorFlow, absl and transformers print when they start, which a user cannot act on.
 NOISE = ("oneDNN", "cpu_feature_guard", "absl::InitializeLog", "PyTorch was not found", "Traceback",
          "TF_ENABLE_ONEDNN_OPTS", "rebuild TensorFlow")
@@ -27,7 +28,8 @@ def _command(shards: str, workdir: str) -> list[str]:
           f"--config.data.laion.shards={shards}/laion-*.tar", f"--config.data.mmc4.shards={shards}/mmc4-*.tar",
           f"--config.data.laion.validation_shards={shards}/held_out/laion-*.tar",
           f"--config.data.mmc4.validation_shards={shards}/held_out/mmc4-*.tar", "--config.data.synthetic_dir=",
-          f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.checkpoint.every_steps=3",
+          f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.checkpoint.every_steps=6",
+          f"--config.checkpoint.frequent_every={FREQUENT}",
           "--config.train.final_captions=0", "--config.train.validate_every=9", "--config.optim.warmup_steps=2"]
 
 
@@ -39,6 +41,14 @@ def _logged(workdir: str, tag: str) -> list[tuple[int, float]]:
     for event in tf.compat.v1.train.summary_iterator(path):
       out += [(event.step, float(tf.make_ndarray(v.tensor))) for v in event.summary.value if v.tag == tag]
   return out
+
+
+def _recomputed_per_process(workdir: str) -> list[int]:
+  """For each process but the last, how many of the steps it logged a later process logged again."""
+  files = sorted(tf.io.gfile.glob(f"{workdir}/events.out.tfevents.*"))
+  steps = [{e.step for e in tf.compat.v1.train.summary_iterator(path) if any(v.tag == "loss" for v in e.summary.value)}
+           for path in files]
+  return [len(logged & set().union(*steps[k + 1:])) for k, logged in enumerate(steps[:-1])]
 
 
 def _lost_by_the_event_files(workdir: str) -> float:
@@ -98,6 +108,11 @@ def test_sigkill_at_random_moments_resumes_with_the_same_losses(shards, tmp_path
   # checkpoint), never from behind an earlier resume; a kill during a checkpoint's write may leave
   # two starts at the same step, so equal steps are allowed.
   assert len(resumed) >= 2 and resumed == sorted(resumed), resumed
+  # Resumed from the newest step of either tier: a kill costs at most 2 x FREQUENT - 1 steps (one
+  # save in flight at most: killed while step k is written, resumed from k - FREQUENT).
+  recomputed = _recomputed_per_process(killed_dir)
+  assert len(recomputed) == 3 and max(recomputed) <= 2 * FREQUENT - 1, recomputed
+  assert any("/checkpoints/frequent\n" in out for out in outputs[1:] + [final.stdout]), "never resumed from the frequent tier"
   # The goodput account: 3 restarts, the recomputed steps' first cost as lost work, a warm restart.
   account = json.load(open(os.path.join(killed_dir, "goodput.json")))
   expected_lost = _lost_by_the_event_files(killed_dir)

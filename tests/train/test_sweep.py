@@ -1,7 +1,8 @@
 """Sweeps: points from a config's get_sweep, named and checked before anything runs; a 2-point
 tiny sweep run end to end by the CLI, stopped by SIGTERM in its second point (whose training
 saves a checkpoint that restores, data position included) and rerun (the first point is not run
-again, the second resumes and finishes), then summarised."""
+again, the second resumes and finishes), then summarised; a sweep killed with SIGKILL leaves nothing
+running and its rerun equals a straight run."""
 import csv
 import json
 import os
@@ -12,8 +13,9 @@ import time
 
 import pytest
 
-from flamingo_jax import overrides
+from flamingo_jax import overrides, workdir as workdir_lib
 from flamingo_jax.sweep import points, product, zipped
+from flamingo_jax.train import metrics
 from tests.conftest import TEST_XLA_FLAGS, library_lines
 from tests.train.test_train import REPO
 
@@ -155,14 +157,18 @@ def test_sweep_runs_is_stopped_resumes_and_summarises(tmp_path, shards):
   assert not library_lines(text), library_lines(text)  # the sweep's own lines only
 
 
-def test_a_killed_sweep_leaves_no_point_running(tmp_path, shards):
+@pytest.mark.slow
+def test_a_killed_sweep_leaves_no_point_running_and_its_rerun_equals_a_straight_one(tmp_path, shards):
   """SIGKILL to the sweep (no handler of its runs): the kernel sends its running point SIGTERM,
-  which saves a checkpoint and exits, instead of training on as an orphan in its own session."""
-  config, root = _config(tmp_path, shards, 'sweep.zipped({"train.num_steps": [500]})'), tmp_path / "sweep"
+  which saves a checkpoint and exits, instead of training on as an orphan in its own session; the
+  rerun resumes it and logs the losses of the same point run straight, bitwise. A point counts as
+  finished only once its final evaluation is written, not at its last checkpoint."""
+  config = _config(tmp_path, shards, 'sweep.zipped({"train.num_steps": [20]})')
+  root, straight = tmp_path / "sweep", tmp_path / "straight"
   proc = _sweep(f"--config={config}", f"--workdir={root}")
   log = root / "base" / "train.log"  # (one point: nothing varies in its name)
   deadline = time.time() + 120
-  while time.time() < deadline and "step 3/500" not in (log.read_text() if log.exists() else ""):
+  while time.time() < deadline and "step 3/20" not in (log.read_text() if log.exists() else ""):
     time.sleep(0.5)
   proc.kill()
   proc.communicate(timeout=30)
@@ -173,3 +179,20 @@ def test_a_killed_sweep_leaves_no_point_running(tmp_path, shards):
   time.sleep(3)  # its exit after the save
   alive = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
   assert not alive, f"processes still running in {root}: {alive}"
+  for workdir in (root, straight):
+    done = _sweep(f"--config={config}", f"--workdir={workdir}")
+    text, _ = done.communicate(timeout=300)
+    assert done.returncode == 0 and "sweep: finished base" in text, text
+  assert "Resumed from step" in log.read_text()
+  resumed, expected = metrics.read_scalars(str(root / "base")), metrics.read_scalars(str(straight / "base"))
+  assert sorted(expected["loss"]) == list(range(1, 21)) and resumed["loss"] == expected["loss"]
+  assert resumed["val/loss"] == expected["val/loss"] and "eval/loss_real_images" in resumed
+  # Killed after its last checkpoint, before its final evaluation (its record of that removed):
+  # not finished, so the rerun runs it; it resumes at step 20, evaluates, and is finished.
+  (straight / "base" / workdir_lib.FINISHED).unlink()
+  again = _sweep(f"--config={config}", f"--workdir={straight}")
+  text, _ = again.communicate(timeout=300)
+  assert again.returncode == 0 and "finished already" not in text and "sweep: finished base" in text, text
+  last_run = (straight / "base" / "train.log").read_text().split("mesh data=")[-1]
+  assert "Resumed from step 20" in last_run and "held-out caption loss" in last_run and "step 20/20  loss" not in last_run
+  assert workdir_lib.finished_step(str(straight / "base")) == 20

@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -166,23 +167,33 @@ def test_loss_falls_and_resume_is_exact(shards, tmp_path, gcs_bucket, capfd):
 
 @pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_resumes(shards, tmp_path, capfd):
-  """A truncated file in the newest step: the restart names it, moves it aside (kept, not
-  deleted) and resumes from the step before with the uninterrupted run's losses, bitwise."""
+  """Two checkpoint tiers (kept every 4 steps, frequent every 3) and a truncated file in the
+  newest step of each: the restart names both, moves them aside (kept, not deleted) and resumes
+  from the newest whole step of either tier with the uninterrupted run's losses, bitwise."""
   cfg = _cfg(shards, num_steps=8)
-  cfg.checkpoint.every_steps = 4
+  cfg.checkpoint.update(every_steps=4, frequent_every=3)
   straight = loop.train_and_evaluate(cfg, str(tmp_path))
-  state_files = sorted((f for f in (tmp_path / "checkpoints" / "8" / "state").rglob("*") if f.is_file()),
-                       key=lambda f: -f.stat().st_size)
-  with open(state_files[0], "r+b") as f:  # the largest file of the state, cut in half
-    f.truncate(state_files[0].stat().st_size // 2)
+  frequent = tmp_path / "checkpoints" / "frequent"
+  assert sorted(os.listdir(frequent)) == ["3", "6"] and checkpoint.Checkpointer(str(tmp_path), 3).manager.all_steps() == [4, 8]
+  for step_dir in (tmp_path / "checkpoints" / "8", frequent / "6"):
+    state_files = sorted((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: -f.stat().st_size)
+    with open(state_files[0], "r+b") as f:  # the largest file of the state, cut in half
+      f.truncate(state_files[0].stat().st_size // 2)
   capfd.readouterr()
-  resumed = loop.train_and_evaluate(_cfg(shards, num_steps=8), str(tmp_path))
+  resumed = loop.train_and_evaluate(cfg, str(tmp_path))
   out = capfd.readouterr().out
-  assert "warning: checkpoint step 8 does not restore (" in out and "Resumed from step 4" in out, out[-3000:]
-  assert (tmp_path / "checkpoints" / "damaged" / "8" / "state").is_dir()
+  assert ("warning: checkpoint step 8 does not restore (" in out and "warning: checkpoint step 6 does not restore ("
+          in out and f"Resumed from step 4 in {tmp_path / 'checkpoints'}\n" in out), out[-3000:]
+  assert (tmp_path / "checkpoints" / "damaged" / "8" / "state").is_dir() and (frequent / "damaged" / "6" / "state").is_dir()
   assert [h["step"] for h in resumed.history] == [5, 6, 7, 8]
   np.testing.assert_array_equal([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history[4:]])
   assert checkpoint.Checkpointer(str(tmp_path), 3).latest_step() == 8  # the resumed run saved step 8 anew
+  # Resumed from the frequent tier when it holds the newest step (6, saved anew), then nothing to do.
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  capfd.readouterr()
+  again = loop.train_and_evaluate(cfg, str(tmp_path))
+  assert f"Resumed from step 6 in {frequent}\n" in capfd.readouterr().out
+  np.testing.assert_array_equal([h["loss"] for h in again.history], [h["loss"] for h in straight.history[6:]])
 
 
 class _Recorder(grain.DatasetIterator):
