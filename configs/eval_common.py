@@ -33,9 +33,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rices_cache_dir = ""      # <dir>/<task>.npy train-split embeddings (read, or written once)
   c.classification_kv_cache = True  # False: a full forward per class (the reference's no-cache path)
   c.prompt_ensembling = False       # average class scores over min(6, k!) demo permutations
-  # The reference's zero-shot classification bug: demo images are kept, so the query's <image>
-  # attends to the first demonstration image. True reproduces its published numbers.
-  c.reference_zero_shot_classification_images = False
+  # 'default' (ours) | 'reference': OpenFlamingo's behaviour wherever ours differs, which
+  # reproduces its published numbers (flamingo_jax/evaluate/protocol.py: each difference and its
+  # switch below; 'default' uses the switches as set).
+  c.protocol = "default"
+  c.reference_demo_order = False    # its DataLoader's shuffled order for random demonstrations
+  c.reference_zero_shot_classification_images = False  # zero-shot keeps the demo images
   c.cider_tokenizer = "python"      # 'python' (no Java) | 'stanford' (pycocoevalcap's Java PTB)
   c.vqa_normalization = "reference"  # 'reference' (OpenFlamingo's) | 'official' (VQA toolkit's)
   c.pad_multiple = 64               # prompts are left-padded to a multiple of this (fewer compiles)

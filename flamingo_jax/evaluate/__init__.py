@@ -14,9 +14,11 @@ Modules, one job each:
   scoring.py         a trial's score from its outputs, one function per metric
   report.py          results JSON, markdown table and plot beside the published numbers
   runner.py          the stages of a run (load, evaluate every task, report)
-  metrics/           CIDEr-D, VQA accuracy (+ OK-VQA stemming), ROC AUC and top-1
+  protocol.py        where we differ from the reference's evaluation, each with its switch
+  metrics/           CIDEr-D (ptb.py: pycocoevalcap's tokenizer), VQA accuracy (+ OK-VQA stemming),
+                     ROC AUC and top-1
 
-Where the reference is wrong its behaviour is kept behind a flag (configs/eval_common.py) and the
+Where the reference is wrong its behaviour is kept behind a switch (protocol.py) and the
 correct one is the default; where it is merely particular (VQA normalisation, CIDEr's tokenizer
 and length quirk, decoding's length_penalty 0), it is reproduced.
 """

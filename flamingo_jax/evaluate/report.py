@@ -100,12 +100,21 @@ def plot(results: dict[str, list[dict]], model: str | None, demos: str, path: st
   return True
 
 
+def protocol_line(used: dict | None) -> str:
+  """Which protocol the numbers were measured with (evaluate/protocol.py), under the table."""
+  if not used:
+    return ""
+  switches = [k for k, v in used.items() if k != "protocol" and v]
+  return (f"\nProtocol: {used['protocol']}; the reference's behaviour for: "
+          f"{', '.join(switches) if switches else 'none'} (docs/evaluation.md#protocol).\n")
+
+
 def write_report(out_dir: str, results: dict[str, list[dict]], meta: dict[str, Any],
                  model: str | None, demos: str) -> dict[str, str]:
   """Writes results.json, results.md and results.png into out_dir; returns their paths."""
   out = {k: paths.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
   paths.write(out["json"], json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-  paths.write(out["md"], markdown_table(results, model, demos))
+  paths.write(out["md"], markdown_table(results, model, demos) + protocol_line(meta.get("protocol")))
   if not plot(results, model, demos, out["png"]):
     del out["png"]
   return out

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from flamingo_jax import errors
-from flamingo_jax.evaluate import catalog, report, tasks
+from flamingo_jax.evaluate import catalog, protocol, report, tasks
 from flamingo_jax.evaluate.inference import EvalModel
 
 
@@ -48,6 +48,7 @@ def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Seque
         progress: bool = True) -> tuple[dict[str, list[dict]], dict[str, str]]:
   """Evaluates every task; host 0 writes results.{json,md,png} (and per-trial predictions)."""
   check_request(task_names, shots)
+  eval_cfg = protocol.resolve(eval_cfg)
   seeds = parse_ints(eval_cfg.trial_seeds)
   results, timings = {}, {}
   loaded = {name: catalog.get_task(name).read(eval_cfg.data[name]) for name in task_names}
@@ -62,7 +63,7 @@ def run(model: EvalModel, eval_cfg: ml_collections.ConfigDict, task_names: Seque
                                         out_dir, progress)
     timings[name] = round(time.time() - start, 1)
     logging.info("%s: %s", name, results[name])
-  meta = {"model": model_name, "demos": eval_cfg.demos, "trial_seeds": seeds, "seconds": timings,
+  meta = {"model": model_name, "demos": eval_cfg.demos, "protocol": protocol.describe(eval_cfg), "trial_seeds": seeds, "seconds": timings,
           "num_samples": eval_cfg.num_samples, "batch_size": eval_cfg.batch_size,
           "devices": jax.device_count(), "hosts": jax.process_count(),
           "eval_config": eval_cfg.to_dict()}

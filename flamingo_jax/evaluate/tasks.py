@@ -34,9 +34,11 @@ def make_plan(model: EvalModel, task: Task, data: TaskData, shots: int, seed: in
               cfg: ml_collections.ConfigDict, progress: bool = True) -> demonstrations.Plan:
   """The trial's test subset and each query's demonstrations (`cfg.demos`: random or RICES)."""
   k = prompts.effective_shots(shots)
+  reference = (demonstrations.ReferenceOrder(cfg.batch_size, cfg.prompt_ensembling and not task.generates)
+               if cfg.reference_demo_order else None)
   if cfg.demos == "random":
     return demonstrations.random_plan(len(data.test), len(data.train), cfg.num_samples, k, seed,
-                                      cfg.query_set_size)
+                                      cfg.query_set_size, reference)
   if cfg.demos != "rices":
     raise ValueError(f"Unknown demonstration selection {cfg.demos!r} (random | rices)")
   batch = max(64, cfg.batch_size)
@@ -48,7 +50,7 @@ def make_plan(model: EvalModel, task: Task, data: TaskData, shots: int, seed: in
   if bar:
     bar.close()
   embed = lambda idx: model.embed_images([data.test[i].image_path for i in idx], batch)
-  return demonstrations.rices_plan(len(data.test), cfg.num_samples, k, seed, train, embed)
+  return demonstrations.rices_plan(len(data.test), cfg.num_samples, k, seed, train, embed, reference=reference)
 
 
 def _batches(plan: demonstrations.Plan, batch_size: int):
@@ -93,7 +95,7 @@ def run_classification(model: EvalModel, task: Task, data: TaskData, shots: int,
   examples, scores = [], []
   bar = _progress(len(plan.test), f"{task.name} {shots}-shot seed {seed}", progress)
   for start, test_idx, demos in _batches(plan, cfg.batch_size):
-    passes = demonstrations.ensemble_orders(demos, k, cfg.prompt_ensembling, seed, offset=start)
+    passes = demonstrations.ensemble_orders(demos, k, cfg.prompt_ensembling, seed, offset=start, plan=plan)
     total = 0.0
     for orders in passes:
       texts, images = _prompts(task, data, shots, test_idx, orders, cfg)

@@ -64,11 +64,18 @@ def test_zero_shot_and_rices(tiny_model, eval_cfg, tmp_path):
   assert [len(r[0]["trials"]) for r in results.values()] == [2, 2]
   features = np.load(tmp_path / "rices" / "coco.npy")
   assert features.shape == (6, tiny_model.cfg.vision.embed_dim)
-  # The reference's zero-shot classification images: three images for one <image> token.
-  eval_cfg.update(demos="random", reference_zero_shot_classification_images=True, trial_seeds="42",
-                  prompt_ensembling=True)
-  results, _ = runner.run(tiny_model, eval_cfg, ["hateful_memes"], [0], str(tmp_path), None)
+  # The reference protocol (its zero-shot classification images: three images for one <image>
+  # token; its evaluation order and ensembling shuffles), recorded in the report.
+  eval_cfg.update(demos="random", protocol="reference", trial_seeds="42", prompt_ensembling=True)
+  results, paths = runner.run(tiny_model, eval_cfg, ["hateful_memes"], [0], str(tmp_path), None)
   assert np.isfinite(results["hateful_memes"][0]["mean"])
+  assert json.load(open(paths["json"]))["meta"]["protocol"] == {
+      "protocol": "reference", "reference_demo_order": True, "reference_zero_shot_classification_images": True}
+  assert ("Protocol: reference; the reference's behaviour for: reference_demo_order, "
+          "reference_zero_shot_classification_images") in open(paths["md"]).read()
+  eval_cfg.protocol = "openflamingo"
+  with pytest.raises(ValueError, match="--eval_config.protocol='openflamingo': expected one of default, reference"):
+    runner.run(tiny_model, eval_cfg, ["hateful_memes"], [0], str(tmp_path), None)
 
 
 def _answering_model(tiny_model, answers_by_image: dict[str, str]):

@@ -1,6 +1,8 @@
 """Metrics against their oracles: pycocoevalcap (CIDEr), OpenFlamingo's copy of the official VQA
 evaluation (VQA accuracy, post-processing), scikit-learn (ROC AUC)."""
 import json
+import os
+import random
 import shutil
 
 import numpy as np
@@ -40,12 +42,96 @@ HYPS = {1: "a man riding a wave on a surfboard", 2: "two giraffes standing in a 
 java = pytest.mark.skipif(shutil.which("java") is None, reason="Stanford PTB tokenizer needs Java")
 
 
+# The classes where a tokenizer most often differs from pycocoevalcap's: typographic quotes and
+# apostrophes, dashes, ellipses, U+FFFD, emoji, fractions, zero-width and soft hyphens, currency,
+# other scripts, and long captions.
+AWKWARD = [
+    "A man\u2019s dog \u201cruns\u201d fast.", "It\u2019s a \u2018test\u2019 \u2014 really \u2013 maybe\u2026",
+    "Caf\u00e9 na\u00efve r\u00e9sum\u00e9", "\ufffd broken \ufffd text", "a dog \U0001F436 and a cat \U0001F431",
+    "\u00bd cup and \u00be of it", "zero\u200bwidth space", "non\u00a0breaking space", "\u4e00\u53ea\u72d7 in Chinese",
+    "\u0417\u0434\u0440\u0430\u0432\u0441\u0442\u0432\u0443\u0439 world", "\u00abquoted\u00bb text",
+    "don\u2019t can\u2019t won\u2019t", "5\u00b0C outside", "price \u20ac5 or \u00a35 or 50\u00a2", "x \u00d7 y",
+    "a\u2011b non-breaking hyphen", "ellipsis... and \u2026 too", "emoji at end \U0001F600", "\u2022 bullet point",
+    "1/2 and a/b and 3\u20444", "O\u2019Neil\u2019s house", "rock \u2019n\u2019 roll", "the '90s and \u201990s",
+    "\u201cHello,\u201d she said.", "dogs\u2019 toys", "e-mail: a@b.com", "\u00e9t\u00e9 \u00e0 Paris",
+    "\u0645\u0631\u062d\u0628\u0627 and \ud55c\uad6d\uc5b4", "\u00df and \u0131", "hmm...!?", "\u00a9 2020 \u00ae \u2122",
+    "\u2212 minus sign", "\u3000ideographic space", "\u2018single\u2019 and \u201adouble low\u201e",
+    "\u2039angle\u203a", "x\u0301 combining accent", "\u00bf\u00a1Spanish!?", "soft\u00adhyphen", "y'all and ma'am",
+    "a long caption of a man with a dog in a park on a sunny day, " * 12, "a line\u2028separator and a\u2029paragraph",
+]
+
+
+def awkward_captions(n: int, seed: int = 0) -> list[str]:
+  """n captions of everyday words mixed with the awkward classes, quoted and punctuated as text is."""
+  rng = random.Random(seed)
+  words = ["a", "man", "dog", "the", "riding", "caf\u00e9", "na\u00efve", "O'Neil", "o\u2019clock", "don\u2019t", "can't",
+           "it\u2019s", "dogs\u2019", "James\u2019s", "rock \u2019n\u2019 roll", "\u201990s", "'80s", "ma'am", "l\u2019homme",
+           "y'all", "\u201cquoted\u201d", "\u2018single\u2019", "\u00abangle\u00bb", "\u2014", "\u2013", "\u2026", "...",
+           "\u00bd", "\u00be", "\u2153", "\u00a35", "\u20ac10", "$3", "\u00a2", "\U0001F436", "\U0001F600", "\ufffd",
+           "zero\u200bwidth", "soft\u00adhyphen", "non\u2011breaking", "\u4e00\u53ea\u72d7", "\u041f\u0440\u0438\u0432\u0435\u0442",
+           "\u0645\u0631\u062d\u0628\u0627", "\ud55c\uad6d\uc5b4", "3.14", "1,000", "10:30", "e-mail", "U.S.A.", "Mr.", "(a)", "[b]",
+           "{c}", "#tag", "@user", "x\u00b2", "5\u00b0C", "\u00a9", "\u2122", "\u2192", "\u00d7", "&", "/", "*", "!", "?", ",",
+           ";", ":", "-", "'", '"', "`", "b,"]
+  out = []
+  for _ in range(n):
+    parts = []
+    for _ in range(rng.randint(1, 12)):
+      w, r = rng.choice(words), rng.random()
+      if r < 0.1 and w[0].isalnum():
+        w = rng.choice(["\u201c%s\u201d", "\u2018%s\u2019", '"%s"', "'%s'", "(%s)", "\u00ab%s\u00bb"]) % w
+      elif r < 0.25:
+        possessive = w[-1].isalpha() and w[-1] != "s" and not set("'\u2019") & set(w)
+        w += rng.choice([",", ".", "!", "?", "\u2026", ";", ":", "\u2014"] + (["'s", "\u2019s", "s\u2019"] if possessive else []))
+      parts.append(w)
+    out.append(rng.choice([" ", "  ", " \u2014 ", " \u2013 "]).join(parts) if rng.random() < 0.2 else " ".join(parts))
+  return out
+
+
 @java
 def test_ptb_tokenize_matches_stanford_tokenizer():
+  """pycocoevalcap's own tokenizer (Java) and ours give the same tokens for every caption of an
+  awkward corpus, and for every character outside ASCII in seven contexts."""
   pytest.importorskip("pycocoevalcap")
-  theirs = cider.stanford_tokenize({i: [c] for i, c in enumerate(CAPTIONS)})
-  for i, c in enumerate(CAPTIONS):
-    assert cider.ptb_tokenize(c) == theirs[i][0], c
+  corpus = CAPTIONS + AWKWARD + awkward_captions(3000)
+  points = [c for c in range(0x80, 0x10000) if not 0xD800 <= c < 0xE000] + [0x1F600, 0x1F436, 0x10000, 0x20000]
+  contexts = ("a {} b", "a{}b", "1{}2", "{}{}", "x {}a", "a{} x", "The {} dog")
+  corpus += [ctx.replace("{}", chr(c)) for c in points for ctx in contexts]
+  theirs = cider.stanford_tokenize({i: [c] for i, c in enumerate(corpus)})
+  differ = [(c, theirs[i][0], cider.ptb_tokenize(c)) for i, c in enumerate(corpus) if cider.ptb_tokenize(c) != theirs[i][0]]
+  assert not differ, (len(differ), differ[:10])
+  with open(EXPECTED_TOKENS) as f:
+    stored = json.load(f)["captions"]
+  java = cider.stanford_tokenize({i: [c] for i, (c, _) in enumerate(stored)})
+  assert [expected for _, expected in stored] == [java[i][0] for i in range(len(stored))]
+  # pycocoevalcap's lines: a line separator inside a caption no longer moves the next one.
+  assert cider.stanford_tokenize({1: ["a\u2028b"], 2: ["c d"]}) == {1: ["a b"], 2: ["c d"]}
+
+
+EXPECTED_TOKENS = os.path.join(os.path.dirname(__file__), "ptb_expected.json")
+
+
+def test_ptb_tokenize_gives_the_stored_stanford_tokens():
+  """Without Java: the tokens pycocoevalcap's tokenizer gave for the awkward corpus, stored
+  (where Java runs, the test above checks the stored tokens are still Java's)."""
+  with open(EXPECTED_TOKENS) as f:
+    stored = json.load(f)["captions"]
+  assert len(stored) > 500 and [c for c, _ in stored][-500:] == awkward_captions(500, seed=1)
+  differ = [(c, expected, cider.ptb_tokenize(c)) for c, expected in stored if cider.ptb_tokenize(c) != expected]
+  assert not differ, differ[:10]
+
+
+@java
+def test_cider_of_typographic_captions_is_pycocoevalcaps():
+  """Captions written with typographic punctuation score the same CIDEr with our tokenizer as
+  through pycocoevalcap's whole pipeline (Java tokenizer, its Cider)."""
+  pytest.importorskip("pycocoevalcap")
+  from pycocoevalcap.cider.cider import Cider
+  refs = {k: [r.replace("'", "\u2019").replace(".", "\u2026") + " \u2014 \u201cnice\u201d" for r in v] for k, v in REFS.items()}
+  hyps = {1: "a man\u2019s surfboard \u2014 riding a wave\u2026", 2: "two giraffes\u2019 field \u201cstanding\u201d",
+          3: "a plate of food \u00bd rice \U0001F35A", 4: "a train on the tracks\u2026"}
+  expected = 100 * Cider().compute_score(cider.stanford_tokenize(refs),
+                                         cider.stanford_tokenize({k: [h] for k, h in hyps.items()}))[0]
+  assert cider.caption_cider(refs, hyps) == pytest.approx(expected, rel=1e-12) and expected > 0
 
 
 def test_cider_d_matches_pycocoevalcap_scorer():

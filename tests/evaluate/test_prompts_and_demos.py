@@ -1,4 +1,5 @@
 """Prompts, decoding settings, post-processing and demonstration selection, as the reference."""
+import math
 import random
 
 import numpy as np
@@ -82,6 +83,50 @@ def test_random_plan_matches_reference_sampling():
   assert sorted(full.test.tolist()) == list(range(n_test))  # all of them, permuted
   small = demonstrations.random_plan(5, 3, -1, 2, seed, 2048)  # query set clamped to the split
   assert all(set(d) <= {0, 1, 2} for d in small.demos)
+
+
+def _reference_loop(n_test, n_train, num, k, seed, qsize, batch_size, ensembling):
+  """open_flamingo's evaluate_classification draws, with torch's own sampler and loader: (the
+  evaluation order, each example's demonstrations, [pass][example] their ensembling orders)."""
+  import torch
+  np.random.seed(seed)
+  subset = torch.utils.data.Subset(list(range(n_test)), np.random.choice(n_test, num, replace=False))
+  sampler = torch.utils.data.distributed.DistributedSampler(subset, num_replicas=1, rank=0)  # (one GPU)
+  loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, sampler=sampler, collate_fn=list)
+  query_set = list(np.random.choice(n_train, qsize, replace=False))
+  random.seed(seed)
+  passes = min(6, math.factorial(k)) if ensembling else 1
+  order, demos, orders = [], [], [[] for _ in range(passes)]
+  for batch in loader:
+    drawn = [random.sample(query_set, k) for _ in batch]
+    order += [int(i) for i in batch]
+    demos += [[int(x) for x in d] for d in drawn]
+    for p in range(passes):
+      for d in drawn:
+        if ensembling:
+          random.shuffle(d)
+        orders[p].append([int(x) for x in d])
+  return order, demos, orders
+
+
+@pytest.mark.parametrize("num,batch_size,ensembling", [(20, 8, False), (13, 4, True), (40, 40, True)])
+def test_reference_demo_order_is_the_reference_loops(num, batch_size, ensembling):
+  """The reference's evaluation order (its DistributedSampler's permutation, made here without
+  torch), its demonstrations and its ensembling shuffles, as its own loop draws them."""
+  import torch
+  for n in (1, 2, 7, 1000):
+    generator = torch.Generator()
+    generator.manual_seed(0)
+    assert demonstrations.sampler_order(n).tolist() == torch.randperm(n, generator=generator).tolist()
+  seed, k = 42, 3
+  order, demos, orders = _reference_loop(60, 300, num, k, seed, 64, batch_size, ensembling)
+  plan = demonstrations.random_plan(60, 300, num, k, seed, 64, demonstrations.ReferenceOrder(batch_size, ensembling))
+  assert plan.test.tolist() == order and plan.demos == demos
+  ours = demonstrations.random_plan(60, 300, num, k, seed, 64)
+  assert sorted(ours.test.tolist()) == sorted(order) and ours.test.tolist() != order  # the same subset, in subset order
+  for start in range(0, num, 5):  # our batches (5) need not be the reference's
+    got = demonstrations.ensemble_orders(plan.demos[start:start + 5], k, ensembling, seed, offset=start, plan=plan)
+    assert got == ([o[start:start + 5] for o in orders] if ensembling else [plan.demos[start:start + 5]])
 
 
 def test_rices_puts_the_most_similar_demo_last():

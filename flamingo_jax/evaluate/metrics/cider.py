@@ -5,10 +5,9 @@ punctuation tokens dropped), then CIDEr-D over the evaluated images (document fr
 their references, n = 1..4, Gaussian length penalty sigma = 6, clipped counts, x 10). It reports
 CIDEr x 100.
 
-`ptb_tokenize` reimplements the tokenizer for the English of captions (contractions split, brackets
-written -lrb- ... which survive the punctuation filter as in pycocoevalcap, abbreviations and
-numbers kept whole) so that no Java is needed; `stanford_tokenize` calls the Java tokenizer
-bundled with pycocoevalcap when exact agreement matters. `cider_d` is the scorer, with
+`ptb_tokenize` (ptb.py) is that tokenizer in Python, so that no Java is needed and the score
+does not depend on the machine; `stanford_tokenize` calls the Java tokenizer bundled with
+pycocoevalcap. `cider_d` is the scorer, with
 pycocoevalcap's quirks kept on purpose: an n-gram absent from every reference gets document
 frequency 1, and the "length" of the Gaussian penalty counts bigrams, not words.
 """
@@ -16,62 +15,11 @@ from __future__ import annotations
 
 import collections
 import math
-import re
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-# pycocoevalcap drops these tokens after tokenizing (case-sensitive: the lowercased
-# -lrb-/-rrb-/-lcb-/-rcb- escapes are therefore kept, as in the reference).
-_DROPPED = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",",
-                      ":", "-", "--", "...", ";"])
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-",
-             '"': "''"}  # a double quote becomes `` or '' (both dropped)
-_TITLES = "mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|ltd|co|corp|prof|mt|ft|gen|sen|rep|gov|capt|lt|col|sgt"
-_TOKEN = re.compile(
-    r"(?P<url>https?://\S+|www\.\S+)"
-    r"|(?P<tag></?[A-Za-z][^<>\s]*>)"
-    r"|(?P<abbr>(?:[A-Za-z]\.){2,}|(?:" + _TITLES + r")\.(?=\s|$))"
-    r"|(?P<handle>[#@]\w+)"
-    r"|(?P<quoted_n>(?<!\w)'n'(?!\w))"
-    # A word: letters/digits joined by - / & . (so "branch.the" stays whole, as in Stanford's),
-    # digits joined by , or :, and apostrophes before letters (split into clitics later).
-    r"|(?P<word>\w+(?:(?:[-/&.]|(?<=\d)[,:](?=\d)|'(?=[A-Za-z]))\w+)*)"
-    r"|(?P<punct>\.\.\.|--|``|''|[!?]{2,}|\S)", re.IGNORECASE)
-_CLITIC = re.compile(r"^(.+?)('s|'re|'ve|'ll|'d|'m)$")
-_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "wanna": ("wan", "na"),
-                "gotta": ("got", "ta"), "gimme": ("gim", "me"), "lemme": ("lem", "me")}
-
-
-def _split_word(word: str) -> Iterable[str]:
-  """Stanford's clitic splits: do|n't, man|'s, can|not."""
-  if word in _SPLIT_WORDS:
-    return _SPLIT_WORDS[word]
-  if word.endswith("n't") and len(word) > 3:
-    return (word[:-3], "n't")
-  m = _CLITIC.match(word)
-  return m.groups() if m else (word,)
-
-
-def ptb_tokenize(caption: str) -> str:
-  """One caption -> space-joined lowercased tokens without punctuation, like pycocoevalcap."""
-  tokens = []
-  for m in _TOKEN.finditer(caption.replace("\n", " ").lower()):
-    kind, text = m.lastgroup, m.group()
-    if kind == "word":
-      tokens.extend(_split_word(text))
-    elif kind == "punct":
-      tokens.append(_BRACKETS.get(text, text))
-    else:
-      tokens.append(text)
-  return " ".join(t for t in tokens if t not in _DROPPED)
-
-
-def stanford_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
-  """Exactly the reference's tokenization: pycocoevalcap's PTBTokenizer (needs Java)."""
-  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # pylint: disable=g-import-not-at-top
-  return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
-
+from flamingo_jax.evaluate.metrics.ptb import ptb_tokenize, stanford_tokenize
 
 def _ngram_counts(sentence: str, n: int) -> collections.Counter:
   words = sentence.split()
