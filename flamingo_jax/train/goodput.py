@@ -102,16 +102,19 @@ class Account:
 
     Worked example: marks [(30, {productive: 100}), (31, ...), (40, {productive: 130})], resumed
     at 30: the 30 s of steps 31-40 move from productive to lost."""
-    self.events.append({"event": "restart", "resumed_at": resumed_at, "time": time.time()})
+    event = {"event": "restart", "resumed_at": resumed_at, "time": time.time(), "lost_s": 0.0}
+    self.events.append(event)
     standing = [i for i, (s, _) in enumerate(self.marks) if s <= resumed_at]
     if not standing:
       return
     first, last = self.marks[standing[-1]][1], self.marks[-1][1]
+    event["lost_steps"] = [self.marks[standing[-1]][0], self.marks[-1][0]]
     for c in STEP_CATEGORIES:
       moved = max(0.0, last.get(c, 0.0) - first.get(c, 0.0))
       self.base[c] -= moved
       self.base["lost"] += moved
       self.lost_by[c] += moved
+      event["lost_s"] += moved
     self.marks = self.marks[:standing[-1] + 1]
 
   def switch(self, category: str) -> None:

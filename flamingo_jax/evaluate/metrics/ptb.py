@@ -114,7 +114,7 @@ def _pattern() -> re.Pattern:
       rf"|(?P<clitic>{apos}(?i:s|re|ve|ll|d|m)(?!{letter})|{apos}t(?=(?:is|was)\b)|(?i:n){etc}(?i:t)(?!{letter}))"
       rf"|(?P<y_apos>(?<!{alnum})[yY]{apos}(?={letter}))"
       # Numbers: digits with . , : or a fraction slash between them; a part after a word (roll3 .14).
-      rf"|(?P<number>\d+(?:[.,:\u2044\u066b\u066c]\d+)+|[.,:]\d+)"
+      rf"|(?P<number>\d+(?:[.,:{NUMBER_SEPARATORS}]\d+)+|[.,:]\d+)"
       rf"|(?P<word>(?:{word})(?=(?i:n){etc}(?i:t)(?!{letter}))|{word})"
       rf"|(?P<symrun>(?P<sym>[{sets['symrun']}<>*])(?P=sym)*)"
       r"|(?P<punct>\.\.\.|--|``|''|[!?]{2,}|\S)")
