@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # switch below; 'default' uses the switches as set).
   c.protocol = "default"
   c.reference_demo_order = False    # its DataLoader's shuffled order for random demonstrations
+  c.reference_cached_scores = False  # cached class scores attend to the prompts' left padding
   c.reference_zero_shot_classification_images = False  # zero-shot keeps the demo images
   c.cider_tokenizer = "python"      # 'python' (no Java) | 'stanford' (pycocoevalcap's Java PTB)
   c.vqa_normalization = "reference"  # 'reference' (OpenFlamingo's) | 'official' (VQA toolkit's)

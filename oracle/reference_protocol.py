@@ -44,13 +44,15 @@ class RecordingEvalModel(ReferenceEvalModel):
     return prompts.hateful_memes_prompt(text, label)
 
   def _context(self, batch_text):
-    """Left-padded ids and mask as the released model makes them, plus one more pad column:
-    transformers 5 drops an all-ones mask, which open_flamingo's layers need (a masked pad
-    changes no score or generation)."""
+    """Left-padded ids and mask as the released model makes them. Where no row is padded, one
+    pad column more: transformers 5 drops an all-ones mask, which open_flamingo's layers need (a
+    masked pad changes no generation or uncached score; a cached class score attends to it)."""
     text = self.tokenizer(batch_text, padding="longest", truncation=True, max_length=2000, return_tensors="pt")
     ids, mask = text["input_ids"], text["attention_mask"]
-    pad = torch.full((ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=ids.dtype)
-    return torch.cat([pad, ids], 1).to(self.device), torch.cat([torch.zeros_like(pad), mask], 1).to(self.device)
+    if bool(mask.all()):
+      pad = torch.full((ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=ids.dtype)
+      ids, mask = torch.cat([pad, ids], 1), torch.cat([torch.zeros_like(pad), mask], 1)
+    return ids.to(self.device), mask.to(self.device)
 
   def get_rank_classifications(self, batch_text, batch_images, all_class_names, use_cache, normalize_length):
     """(B, C) mean log-probability of each class name's tokens after each context."""
@@ -61,7 +63,7 @@ class RecordingEvalModel(ReferenceEvalModel):
     scores = []
     with torch.inference_mode():
       if use_cache:
-        self.model._cache_media(input_ids=ids, vision_x=vision_x)  # pylint: disable=protected-access
+        self.model.cache_media(input_ids=ids, vision_x=vision_x)
         context = self.model(vision_x=None, lang_x=ids, attention_mask=mask, clear_conditioned_layers=False,
                              use_cache=True)
       for name in all_class_names:

@@ -90,6 +90,18 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _padding_attendable(state: dict, extra: int) -> dict:
+  """A prefilled decode state as the reference continues it (`reference_cached_scores`): every
+  slot of the prompt attendable, its left padding included, and `extra` empty slots after it.
+
+  Worked example, a row of 2 pads and 3 tokens, extra=1: key_valid [0 0 1 1 1] -> [1 1 1 1 1 0],
+  so the next token attends to the pads' keys too (the reference passes no attention mask)."""
+  def grow(x):  # the slot axis is the third from the end: (B, [groups,] slots, heads, head_dim)
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, extra), (0, 0), (0, 0)])
+  caches = [{name: grow(x) for name, x in cache.items()} for cache in state["caches"]]
+  return dict(state, caches=caches, key_valid=jnp.pad(jnp.ones_like(state["key_valid"]), ((0, 0), (0, extra))))
+
+
 def _round_up(n: int, multiple: int) -> int:
   return int(math.ceil(n / multiple) * multiple)
 
@@ -141,10 +153,10 @@ class EvalModel:
     """Rows a batch of n examples is padded to (a multiple of the batch-axis devices)."""
     return _round_up(max(n, 1), self.batch_multiple)
 
-  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded (B, L) ids and mask, L a multiple of `pad_multiple`."""
+  def tokenize(self, texts: Sequence[str], pad_multiple: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (B, L) ids and mask, L a multiple of `pad_multiple` (default: the model's)."""
     rows = [self.tok(t)["input_ids"][:self.max_length] for t in texts]
-    length = _round_up(max(len(r) for r in rows), self.pad_multiple)
+    length = _round_up(max(len(r) for r in rows), pad_multiple or self.pad_multiple)
     ids = np.full((len(rows), length), self.pad_id, np.int32)
     mask = np.zeros((len(rows), length), np.int32)
     for i, r in enumerate(rows):
@@ -243,23 +255,31 @@ class EvalModel:
     return out
 
   def class_scores(self, texts: Sequence[str], image_paths: Sequence[Sequence[str]],
-                   class_tokens: Sequence[Sequence[int]], use_cache: bool = True) -> np.ndarray:
+                   class_tokens: Sequence[Sequence[int]], use_cache: bool = True,
+                   reference_cache: bool = False) -> np.ndarray:
     """(B, C) mean log-probability of each class's tokens right after each prompt.
 
     `use_cache`: the context runs once (prefill) and each class continues its KV cache token by
     token; padding stays masked and positions count real tokens only. Otherwise one full forward
     per class over context + class tokens (the reference's `--no_caching_for_classification`).
+    `reference_cache` (with `use_cache`): the reference's cached continuation instead, prompts
+    padded to the batch's longest and the class tokens attending to that padding too.
     """
     n = len(texts)
     texts, image_paths = self._pad_rows(texts, image_paths)
-    ids, mask = self.tokenize(texts)
+    ids, mask = self.tokenize(texts, 1 if use_cache and reference_cache else None)
     inputs = self._vision_inputs(image_paths) if use_cache else {"vision_x": self.vision_x(image_paths)}
     sampler = self.sampler
     b, length = ids.shape
     scores = np.zeros((b, len(class_tokens)), np.float32)
     if use_cache:
       max_m = max(len(t) for t in class_tokens)
-      logits, state = sampler.prefill(inputs["vision_x"], ids, mask, length + max_m - 1, media=inputs["media"])
+      if reference_cache:  # the prompt's slots only, then the padding made attendable
+        logits, state = sampler.prefill(inputs["vision_x"], ids, mask, length, media=inputs["media"],
+                                        forward_positions=True)
+        state = _padding_attendable(state, max_m - 1)
+      else:
+        logits, state = sampler.prefill(inputs["vision_x"], ids, mask, length + max_m - 1, media=inputs["media"])
       first = jax.nn.log_softmax(logits.astype(jnp.float32))
       single = [c for c, t in enumerate(class_tokens) if len(t) == 1]
       if single:

@@ -34,6 +34,13 @@ DEVIATIONS = (
               "ensembling shuffles come from the same random stream, batch by batch",
               "assigns them in test-subset order and shuffles each example's demonstrations from "
               "its own seed: the same results on any number of devices and any batch size"),
+    Deviation("reference_cached_scores",
+              "scores a class name with the KV cache (its default) by continuing the cached "
+              "context without an attention mask, so the name's tokens attend to the prompt's left "
+              "padding (prompts padded to the batch's longest): a row's scores depend on the "
+              "other rows of its batch",
+              "masks the padding: a row scores the same in any batch (as the reference without the "
+              "cache, --no_caching_for_classification)"),
     Deviation("reference_zero_shot_classification_images",
               "keeps the demonstration images in a zero-shot classification prompt while dropping "
               "their <image> tokens, so the query's <image> attends to the first demonstration's "

@@ -99,7 +99,8 @@ def run_classification(model: EvalModel, task: Task, data: TaskData, shots: int,
     total = 0.0
     for orders in passes:
       texts, images = _prompts(task, data, shots, test_idx, orders, cfg)
-      total = total + model.class_scores(texts, images, class_tokens, cfg.classification_kv_cache)
+      total = total + model.class_scores(texts, images, class_tokens, cfg.classification_kv_cache,
+                                         cfg.reference_cached_scores)
     scores.append(total / len(passes))
     examples.extend(data.test[int(i)] for i in test_idx)
     if bar:

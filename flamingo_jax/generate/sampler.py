@@ -56,8 +56,8 @@ def compiled_functions(model_cfg: ml_collections.ConfigDict, rules: tuple = ()) 
   if key not in _COMPILED:
     model = Flamingo(model_cfg)
     _COMPILED[key] = CompiledFunctions(
-        prefill=jax.jit(lambda v, x, ids, mask, max_len, media: model.apply(
-            v, x, ids, mask, max_len, media, method=Flamingo.prefill), static_argnums=4),
+        prefill=jax.jit(lambda v, x, ids, mask, max_len, media, forward_positions: model.apply(
+            v, x, ids, mask, max_len, media, forward_positions, method=Flamingo.prefill), static_argnums=(4, 6)),
         encode_images=jax.jit(lambda v, x: model.apply(v, x, method=Flamingo.encode_images)),
         # The decode state (KV caches) is donated: each token updates it in place, not a copy.
         extend=jax.jit(_extend_fn(model), donate_argnums=2),
@@ -111,13 +111,14 @@ class Sampler:
     with self.context():
       return self._encode_images(self.variables, self.shard_batch(vision_x))
 
-  def prefill(self, vision_x, input_ids, attention_mask, max_length: int, media=None):
+  def prefill(self, vision_x, input_ids, attention_mask, max_length: int, media=None,
+              forward_positions: bool = False):
     """(last-position logits (B, V), decode state) of left-padded prompts; see Flamingo.prefill.
     `media`: latents from `encode_images` instead of `vision_x`."""
     with self.context():
       return self._prefill(self.variables, None if media is not None else self.shard_batch(vision_x),
                            self.shard_batch(input_ids), self.shard_batch(attention_mask), max_length,
-                           None if media is None else self.shard_batch(media))
+                           None if media is None else self.shard_batch(media), forward_positions)
 
   def extend(self, tokens, state, origin=None):
     """Feeds one token per row; `origin` (beam search) picks each row's parent state first."""

@@ -172,10 +172,15 @@ class Flamingo(nn.Module):
   # -- KV-cached generation: `prefill` once per prompt, then `extend` once per new token. --
 
   def prefill(self, vision_x: jax.Array | None, input_ids: jax.Array, attention_mask: jax.Array,
-              max_length: int, media: jax.Array | None = None) -> tuple[jax.Array, dict]:
+              max_length: int, media: jax.Array | None = None,
+              forward_positions: bool = False) -> tuple[jax.Array, dict]:
     """Encodes the images, runs the (left-padded) prompt and returns the last position's logits
     (B, V) and a decode state holding every layer's KV cache of `max_length` slots. `media`
-    (B, T, N, D_vision), latents `encode_images` made earlier (cached), replaces `vision_x`."""
+    (B, T, N, D_vision), latents `encode_images` made earlier (cached), replaces `vision_x`.
+    Positions are generation's (the real tokens counted); with `forward_positions`, those of the
+    HF model's plain forward (slots for rotary and ALiBi models: the real tokens' the same
+    relative to each other, the padding's no longer 0), which a continuation that attends to the
+    padding needs (evaluate/inference.py: reference_cache)."""
     b, length = input_ids.shape
     if length > max_length:
       raise ValueError(f"Prompt of {length} tokens exceeds max_length={max_length}")
@@ -187,7 +192,8 @@ class Flamingo(nn.Module):
     zeros = jnp.zeros((*lead, max_length, heads, lm.hidden_size // heads), jnp.dtype(self.cfg.dtype))
     caches = [{"k": zeros, "v": zeros} for _ in range(n if self.cfg.scan_layers else lm.num_layers)]
     key_valid = jnp.zeros((b, max_length), bool).at[:, :length].set(attention_mask.astype(bool))
-    positions = pos.generation_positions(attention_mask)
+    positions = (self.lm.default_positions(attention_mask) if forward_positions
+                 else pos.generation_positions(attention_mask))
     text_time = media_text_time(input_ids, self.cfg.media_token_id)
     slots = jnp.arange(max_length)
     allowed = (slots[None, :] <= jnp.arange(length)[:, None])[None, None] & key_valid[:, None, None, :]
@@ -199,7 +205,9 @@ class Flamingo(nn.Module):
     state = {"caches": caches, "media_kv": media_kv, "key_valid": key_valid,
              "index": jnp.asarray(length, jnp.int32),
              # New tokens attend to the prompt's last image (the reference's cached path).
-             "text_time": text_time[:, -1], "next_position": positions[:, -1] + 1}
+             "text_time": text_time[:, -1],
+             # (a plain forward continuing a cache counts every slot before it, padding included)
+             "next_position": jnp.full((b,), length, jnp.int32) if forward_positions else positions[:, -1] + 1}
     return self.output_logits(h[:, -1:])[:, 0], state
 
   def extend(self, token_ids: jax.Array, state: dict) -> tuple[jax.Array, dict]:

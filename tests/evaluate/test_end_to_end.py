@@ -70,8 +70,9 @@ def test_zero_shot_and_rices(tiny_model, eval_cfg, tmp_path):
   results, paths = runner.run(tiny_model, eval_cfg, ["hateful_memes"], [0], str(tmp_path), None)
   assert np.isfinite(results["hateful_memes"][0]["mean"])
   assert json.load(open(paths["json"]))["meta"]["protocol"] == {
-      "protocol": "reference", "reference_demo_order": True, "reference_zero_shot_classification_images": True}
-  assert ("Protocol: reference; the reference's behaviour for: reference_demo_order, "
+      "protocol": "reference", "reference_demo_order": True, "reference_cached_scores": True,
+      "reference_zero_shot_classification_images": True}
+  assert ("Protocol: reference; the reference's behaviour for: reference_demo_order, reference_cached_scores, "
           "reference_zero_shot_classification_images") in open(paths["md"]).read()
   eval_cfg.protocol = "openflamingo"
   with pytest.raises(ValueError, match="--eval_config.protocol='openflamingo': expected one of default, reference"):
