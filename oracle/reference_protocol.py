@@ -29,30 +29,13 @@ class RecordingEvalModel(ReferenceEvalModel):
     self.generated: list[tuple[str, str]] = []
     self.scored: list[tuple[str, list[float]]] = []
 
-  def get_outputs(self, batch_text, batch_images, min_generation_length, max_generation_length, num_beams,
-                  length_penalty):
-    ids, mask = self._context(batch_text)
-    with torch.inference_mode():
-      out = self.model.generate(self._images(batch_images), ids, attention_mask=mask,
-                                min_new_tokens=min_generation_length, max_new_tokens=max_generation_length,
-                                num_beams=num_beams, length_penalty=length_penalty)
-    out = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+  def get_outputs(self, batch_text, batch_images, *args, **kwargs):
+    out = super().get_outputs(batch_text, batch_images, *args, **kwargs)
     self.generated += list(zip(batch_text, out))
     return out
 
   def get_hateful_memes_prompt(self, text, label=None) -> str:
     return prompts.hateful_memes_prompt(text, label)
-
-  def _context(self, batch_text):
-    """Left-padded ids and mask as the released model makes them. Where no row is padded, one
-    pad column more: transformers 5 drops an all-ones mask, which open_flamingo's layers need (a
-    masked pad changes no generation or uncached score; a cached class score attends to it)."""
-    text = self.tokenizer(batch_text, padding="longest", truncation=True, max_length=2000, return_tensors="pt")
-    ids, mask = text["input_ids"], text["attention_mask"]
-    if bool(mask.all()):
-      pad = torch.full((ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=ids.dtype)
-      ids, mask = torch.cat([pad, ids], 1), torch.cat([torch.zeros_like(pad), mask], 1)
-    return ids.to(self.device), mask.to(self.device)
 
   def get_rank_classifications(self, batch_text, batch_images, all_class_names, use_cache, normalize_length):
     """(B, C) mean log-probability of each class name's tokens after each context."""

@@ -162,7 +162,7 @@ class Tiers:
     on a tie), or (None, None, None) when there is none. A damaged step is set aside and the
     next newest tried; if none restores, that is an error naming the steps set aside."""
     damaged = []
-    while candidates := [(t.latest_step(), -i, t) for i, t in enumerate(self.tiers) if t.latest_step() is not None]:
+    while candidates := [(step, -i, t) for i, t in enumerate(self.tiers) if (step := t.latest_step()) is not None]:
       step, _, tier = max(candidates, key=lambda c: c[:2])
       state = tier.restore_or_set_aside(step, abstract_state, iterators, log)
       if state is not None:

@@ -194,5 +194,6 @@ def _regenerate() -> None:
 
 if __name__ == "__main__":
   if sys.argv[1:] != ["--regenerate"]:
-    sys.exit("usage: python -m flamingo_jax.evaluate.metrics.ptb --regenerate  (needs Java and pycocoevalcap)")
+    sys.exit("error: expected --regenerate (python -m flamingo_jax.evaluate.metrics.ptb --regenerate; "
+             "needs Java and pycocoevalcap)")
   _regenerate()
